@@ -1,0 +1,138 @@
+"""Command-line interface: ``latentda run | cases | info | export``.
+
+Errors in the user's input print one clear message and exit with code 2 (no
+traceback); a run that fails afterwards exits with code 1.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import sys
+from pathlib import Path
+
+CASES_DIR = Path("cases")
+
+
+def _fmt(v: float) -> str:
+    return "nan" if not math.isfinite(v) else f"{v:.4g}"
+
+
+def _print_summary(case, summary: dict[str, float], store: Path | None) -> None:
+    print(f"\n{case.name}: {int(summary['cycles_averaged'])} cycles after a burn-in of "
+          f"{case.burn_in}")
+    rows = [("RMSE", "rmse_forecast", "rmse_analysis"),
+            ("spread", "spread_forecast", "spread_analysis"),
+            ("CRPS", "crps_forecast", "crps_analysis")]
+    print(f"  {'':10s} {'forecast':>10s} {'analysis':>10s}")
+    for label, f, a in rows:
+        print(f"  {label:10s} {_fmt(summary[f]):>10s} {_fmt(summary[a]):>10s}")
+    if "spread_rmse_ratio" in summary:
+        print(f"  spread/RMSE (analysis) {_fmt(summary['spread_rmse_ratio'])}")
+    print(f"  normalised innovation {_fmt(summary['innovation_chi2'])}  "
+          f"(about 1 for a consistent filter)")
+    for k, v in case.expected.items():
+        got = summary.get(k)
+        if got is not None:
+            print(f"  expected {k} ≈ {v}  (got {_fmt(got)})")
+    if store is not None:
+        print(f"  store: {store}  (xr.open_zarr('{store}'))")
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from latentda.config import load_case
+    from latentda.experiment import run_case
+
+    overrides = {"cycles": args.cycles, "seed": args.seed}
+    case = load_case(args.case, **overrides)
+    if args.cycles is not None and case.burn_in >= case.cycles:
+        case = case.model_copy(update={"burn_in": case.cycles // 10})
+    summary, store = run_case(case, store=args.out, overwrite=args.overwrite,
+                              write=not args.no_write, progress=not args.quiet)
+    _print_summary(case, summary, store)
+    return 0
+
+
+def cmd_cases(args: argparse.Namespace) -> int:
+    from latentda.config import case_description
+
+    root = Path(args.dir)
+    files = sorted(root.glob("*.yaml"))
+    if not files:
+        print(f"no case files in {root}/", file=sys.stderr)
+        return 2
+    width = max(len(f.stem) for f in files)
+    for f in files:
+        print(f"{f.stem:<{width}}  {case_description(f)}")
+    return 0
+
+
+def cmd_info(args: argparse.Namespace) -> int:
+    from latentda.io import run_info
+
+    print(run_info(args.store))
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from latentda.io import export_netcdf
+
+    out = export_netcdf(args.store, args.out, overwrite=args.overwrite)
+    print(f"wrote {out}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of the ``latentda`` command."""
+    fmt = argparse.ArgumentDefaultsHelpFormatter
+    p = argparse.ArgumentParser(prog="latentda", formatter_class=fmt,
+                                description="Data assimilation in state and latent space.")
+    from latentda import __version__
+
+    p.add_argument("--version", action="version", version=f"latentda {__version__}")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    r = sub.add_parser("run", help="run a case file and write its store", formatter_class=fmt)
+    r.add_argument("case", help="case file (YAML), e.g. cases/l96_etkf.yaml")
+    r.add_argument("--out", default=None, help="output store (default: runs/<name>.zarr)")
+    r.add_argument("--cycles", type=int, default=None, help="override the number of cycles")
+    r.add_argument("--seed", type=int, default=None, help="override the seed")
+    r.add_argument("--overwrite", action="store_true", help="replace an existing store")
+    r.add_argument("--no-write", action="store_true", help="run without writing a store")
+    r.add_argument("--quiet", action="store_true", help="no progress bar")
+    r.set_defaults(func=cmd_run)
+
+    c = sub.add_parser("cases", help="list the case files with what each shows",
+                       formatter_class=fmt)
+    c.add_argument("--dir", default=str(CASES_DIR), help="folder of case files")
+    c.set_defaults(func=cmd_cases)
+
+    i = sub.add_parser("info", help="summarise a run store", formatter_class=fmt)
+    i.add_argument("store", help="zarr store written by `latentda run`")
+    i.set_defaults(func=cmd_info)
+
+    e = sub.add_parser("export", help="export a finished store to netCDF4", formatter_class=fmt)
+    e.add_argument("store", help="zarr store")
+    e.add_argument("out", help="netCDF file to write")
+    e.add_argument("--overwrite", action="store_true", help="replace an existing file")
+    e.set_defaults(func=cmd_export)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the ``latentda`` command; returns the exit code."""
+    args = build_parser().parse_args(argv)
+    from latentda.config import CaseError
+
+    try:
+        return args.func(args)
+    except (CaseError, FileExistsError, FileNotFoundError, ValueError) as err:
+        print(f"latentda {args.command}: error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,295 @@
+"""The case-file schema: a validated description of one experiment.
+
+A case is a YAML file. :func:`load_case` validates it completely before any
+work starts; every problem is reported as a :class:`CaseError` that names the
+field (``observations.k``) and says how to fix it. Unknown keys are errors.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+
+class CaseError(ValueError):
+    """An invalid case file or case field; the message names the field and the fix."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+# --------------------------------------------------------------------------- models
+
+
+class Lorenz96Config(_Strict):
+    """Lorenz-96 on a ring of ``n`` variables."""
+
+    system: Literal["lorenz96"]
+    n: int = Field(40, ge=4, description="number of variables (>= 4)")
+    F: float = Field(8.0, description="forcing")
+    dt: float = Field(0.05, gt=0, le=1.0, description="RK4 time step")
+
+
+class ShallowWaterConfig(_Strict):
+    """2-D rotating shallow water on a doubly periodic domain (C-grid)."""
+
+    system: Literal["shallow_water"]
+    nx: int = Field(64, ge=8, description="grid cells in x")
+    ny: int = Field(64, ge=8, description="grid cells in y")
+    Lx: float = Field(1.0e6, gt=0, description="domain length in x (m)")
+    Ly: float = Field(1.0e6, gt=0, description="domain length in y (m)")
+    g: float = Field(9.81, gt=0, description="gravity (m s-2)")
+    H: float = Field(100.0, gt=0, description="mean depth (m)")
+    f0: float = Field(1.0e-4, description="Coriolis parameter (s-1)")
+    beta: float = Field(0.0, description="beta-plane gradient (m-1 s-1)")
+    nu: float = Field(0.0, ge=0, description="Laplacian viscosity (m2 s-1)")
+    nu4: float | None = Field(None, ge=0, description="biharmonic viscosity (default: grid-scaled)")
+    drag: float = Field(0.0, ge=0, description="linear drag (s-1)")
+    cfl: float = Field(0.5, gt=0, le=1, description="CFL number of the gravity-wave speed")
+    dt: float | None = Field(None, gt=0, description="time step (s); default from cfl")
+    init_family: Literal["vortices", "bumps"] = Field(
+        "vortices", description="initial-condition family of truth and ensemble")
+
+
+class LotkaVolterraConfig(_Strict):
+    """Lotka–Volterra ODE, optionally with log-parameters as augmented state."""
+
+    system: Literal["lotka_volterra"]
+    alpha: float = Field(1.0, gt=0)
+    beta: float = Field(0.1, gt=0)
+    gamma: float = Field(1.5, gt=0)
+    delta: float = Field(0.075, gt=0)
+    dt: float = Field(0.01, gt=0)
+    augmented: bool = Field(False, description="estimate log-parameters as augmented state")
+    param_spread: float = Field(0.1, ge=0, description="std of initial log-parameter guesses")
+
+
+ModelConfig = Annotated[Lorenz96Config | ShallowWaterConfig | LotkaVolterraConfig,
+                        Field(discriminator="system")]
+
+# --------------------------------------------------------------------------- observations
+
+
+class OperatorConfig(_Strict):
+    """Which state variables are observed, and how.
+
+    ``kind``: ``identity`` (all), ``every`` (every ``k``-th from ``offset``),
+    ``indices`` (an explicit list), ``random_sites`` (``m`` fixed random sites
+    drawn from the seed), ``strided_grid`` (shallow water: ``field`` on a grid of
+    ``stride``), ``arctan`` / ``square`` (nonlinear, on ``indices`` or all).
+    """
+
+    kind: Literal["identity", "every", "indices", "random_sites", "strided_grid", "arctan",
+                  "square"] = "identity"
+    k: int | None = Field(None, ge=1, description="every: observe every k-th variable")
+    offset: int = Field(0, ge=0, description="every: first observed variable")
+    indices: list[int] | None = Field(None, description="indices/arctan/square: state indices")
+    m: int | None = Field(None, ge=1, description="random_sites: number of sites")
+    stride: int | None = Field(None, ge=1, description="strided_grid: grid stride")
+    field: Literal["h", "u", "v"] = Field("h", description="strided_grid: observed field")
+
+
+class ObservationsConfig(_Strict):
+    """The observation network, its errors and schedule (or a file of observations)."""
+
+    operator: OperatorConfig = OperatorConfig()
+    error_variance: float | None = Field(1.0, gt=0, description="scalar R = variance * I")
+    error_variances: list[float] | None = Field(None, description="diagonal R, one per obs")
+    every: int = Field(1, ge=1, description="model steps between analysis times")
+    missing_fraction: float = Field(0.0, ge=0, le=1, description="random missing values")
+    file: str | None = Field(None, description="user observations (netCDF/zarr) instead of a "
+                                                "twin experiment")
+
+    @model_validator(mode="after")
+    def _one_error_spec(self) -> ObservationsConfig:
+        if self.error_variances is not None:
+            if any(not (v > 0) for v in self.error_variances):
+                raise ValueError("error_variances must all be > 0 (R must be positive definite)")
+        return self
+
+
+# --------------------------------------------------------------------------- ensemble, filter
+
+
+class EnsembleConfig(_Strict):
+    """How the initial ensemble is drawn."""
+
+    size: int = Field(20, ge=2, description="number of members N (>= 2)")
+    init: Literal["climatology", "perturbed_truth"] = Field(
+        "climatology", description="independent climatological states, or truth + noise")
+    perturbation_std: float = Field(1.0, gt=0, description="perturbed_truth: noise std")
+
+
+class FilterConfig(_Strict):
+    """The analysis method and its hyperparameters."""
+
+    method: Literal["etkf", "enkf", "letkf", "enkf_n"] = "etkf"
+    inflation: float = Field(1.0, ge=1.0, description="multiplicative inflation (>= 1)")
+    radius: float | None = Field(None, gt=0, description="letkf: Gaspari-Cohn half-width")
+
+    @model_validator(mode="after")
+    def _radius_for_letkf(self) -> FilterConfig:
+        if self.method == "letkf" and self.radius is None:
+            raise ValueError("radius is required for method letkf (localization half-width "
+                             "in the model's length units, > 0)")
+        if self.method != "letkf" and self.radius is not None:
+            raise ValueError(f"radius only applies to method letkf (method is {self.method}); "
+                             "remove it")
+        return self
+
+
+class OutputConfig(_Strict):
+    """Where and what to write."""
+
+    path: str | None = Field(None, description="zarr store (default runs/<name>.zarr)")
+    store_ensemble: bool = Field(False, description="write every member (else mean and std)")
+    block: int = Field(100, ge=1, description="cycles per flushed block")
+
+
+class Case(_Strict):
+    """One experiment: model, observations, ensemble, filter, length and output."""
+
+    name: str = Field(..., min_length=1, pattern=r"^[A-Za-z0-9_.-]+$")
+    description: str = ""
+    seed: int = Field(0, ge=0)
+    model: ModelConfig
+    observations: ObservationsConfig = ObservationsConfig()
+    ensemble: EnsembleConfig = EnsembleConfig()
+    filter: FilterConfig = FilterConfig()
+    cycles: int = Field(..., ge=1, description="number of analysis cycles")
+    burn_in: int = Field(0, ge=0, description="cycles left out of the summary")
+    spinup_steps: int | None = Field(None, ge=0, description="truth spin-up (model default)")
+    output: OutputConfig = OutputConfig()
+    expected: dict[str, float] = Field(default_factory=dict,
+                                       description="numbers this case reaches (documentation)")
+
+    @model_validator(mode="after")
+    def _cross_checks(self) -> Case:
+        op, model = self.observations.operator, self.model
+        n = state_dim(model)
+        if self.burn_in >= self.cycles:
+            raise ValueError(f"burn_in ({self.burn_in}) must be < cycles ({self.cycles})")
+        if op.kind == "every" and op.k is None:
+            raise ValueError("observations.operator.k is required for kind 'every'")
+        if op.kind == "every" and op.k is not None and (op.k > n or op.offset >= op.k):
+            raise ValueError(f"observations.operator: need k <= {n} and offset < k")
+        if op.kind == "indices" and not op.indices:
+            raise ValueError("observations.operator.indices is required for kind 'indices'")
+        if op.indices is not None:
+            bad = [i for i in op.indices if not 0 <= i < n]
+            if bad:
+                raise ValueError(f"observations.operator.indices: {bad[0]} is out of range "
+                                 f"[0, {n}) for this model")
+            if len(set(op.indices)) != len(op.indices):
+                raise ValueError("observations.operator.indices must be distinct")
+        if op.kind == "random_sites" and (op.m is None or op.m > n):
+            raise ValueError(f"observations.operator.m is required for random_sites and must "
+                             f"be <= {n}")
+        if op.kind == "strided_grid":
+            if not isinstance(model, ShallowWaterConfig):
+                raise ValueError("observations.operator.kind 'strided_grid' needs the "
+                                 "shallow_water model; use 'every' for 1-D systems")
+            if op.stride is None or op.stride > min(model.nx, model.ny):
+                raise ValueError("observations.operator.stride is required for strided_grid "
+                                 "and must not exceed the grid size")
+        m = obs_dim(self)
+        ev = self.observations.error_variances
+        if ev is not None and len(ev) != m:
+            raise ValueError(f"observations.error_variances has {len(ev)} entries but there "
+                             f"are {m} observations")
+        if self.filter.method == "letkf" and isinstance(model, LotkaVolterraConfig):
+            raise ValueError("filter.method letkf needs a spatial model; Lotka-Volterra has no "
+                             "geometry: use etkf, enkf or enkf_n")
+        return self
+
+
+def state_dim(model: ModelConfig) -> int:
+    """State size ``n`` of a model config."""
+    if isinstance(model, Lorenz96Config):
+        return model.n
+    if isinstance(model, ShallowWaterConfig):
+        return 3 * model.nx * model.ny
+    return 6 if model.augmented else 2
+
+
+def obs_dim(case: Case) -> int:
+    """Number of observations per analysis time for a case's operator."""
+    op = case.observations.operator
+    n = state_dim(case.model)
+    if op.kind == "identity":
+        return n
+    if op.kind == "every":
+        return len(range(op.offset, n, op.k or 1))
+    if op.kind == "random_sites":
+        return op.m or 0
+    if op.kind == "strided_grid":
+        m = case.model
+        s = op.stride or 1
+        return len(range(0, m.ny, s)) * len(range(0, m.nx, s))
+    return len(op.indices) if op.indices else n
+
+
+def _format_errors(err: ValidationError, source: str) -> str:
+    lines = [f"invalid case {source}:"]
+    for e in err.errors():
+        loc = ".".join(str(p) for p in e["loc"] if not str(p).startswith("function-after"))
+        msg = e["msg"].removeprefix("Value error, ")
+        if e["type"] == "extra_forbidden":
+            msg = "unknown key; remove it or check its spelling (see docs/cases.md)"
+        elif e["type"] == "missing":
+            msg = "required field is missing"
+        lines.append(f"  {loc or '(case)'}: {msg}")
+    return "\n".join(lines)
+
+
+def parse_case(data: Any, source: str = "<dict>") -> Case:
+    """Validate a case given as a mapping.
+
+    Raises
+    ------
+    CaseError
+        Naming every invalid field.
+    """
+    if not isinstance(data, dict):
+        raise CaseError(f"invalid case {source}: the file must hold a mapping of fields "
+                        f"(got {type(data).__name__})")
+    try:
+        return Case.model_validate(data)
+    except ValidationError as err:
+        raise CaseError(_format_errors(err, source)) from None
+
+
+def load_case(path: str | os.PathLike, **overrides: Any) -> Case:
+    """Read and validate a YAML case file; ``overrides`` replace top-level fields.
+
+    Raises
+    ------
+    CaseError
+        If the file is missing, is not YAML, or any field is invalid.
+    """
+    p = Path(path)
+    if not p.is_file():
+        raise CaseError(f"case file {p} does not exist; `latentda cases` lists the cases")
+    try:
+        data = yaml.safe_load(p.read_text())
+    except yaml.YAMLError as err:
+        raise CaseError(f"case file {p} is not valid YAML: {err}") from None
+    if isinstance(data, dict):
+        data = {**data, **{k: v for k, v in overrides.items() if v is not None}}
+    return parse_case(data, str(p))
+
+
+def case_description(path: str | os.PathLike) -> str:
+    """The first comment line of a case file (what the case shows)."""
+    for line in Path(path).read_text().splitlines():
+        s = line.strip()
+        if s.startswith("#"):
+            return s.lstrip("#").strip()
+        if s:
+            break
+    return ""

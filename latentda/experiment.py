@@ -1,0 +1,254 @@
+"""Build and run a case: config → model, observations, ensemble, filter, store.
+
+:func:`prepare` validates everything that can fail (paths, dimensions) and
+builds every object before any cycling starts; :func:`run_case` cycles and
+writes the store; :func:`summarize` reduces the diagnostics after burn-in.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from latentda import config as cfg
+from latentda.cycle import Cycle, output_variables
+from latentda.dynamics.base import Dynamics
+from latentda.filters import ETKF, LETKF, EnKF, EnKF_N
+from latentda.filters.base import EnsembleFilter
+from latentda.io import RunWriter, VarSpec
+from latentda.obs_stream import ObservationStream
+from latentda.observations import (
+    Arctan,
+    GaussianNoise,
+    Identity,
+    ObservationOperator,
+    ObsSchedule,
+    Square,
+    Subset,
+)
+from latentda.twin import obs_coords, twin_experiment
+
+#: seed streams derived from the case seed: one per purpose
+_TRUTH, _ENSEMBLE, _SITES, _CYCLES = 0, 1, 2, 3
+
+
+def build_model(mc: cfg.ModelConfig) -> Dynamics:
+    """The dynamical system of a model config."""
+    if isinstance(mc, cfg.Lorenz96Config):
+        from latentda.dynamics.lorenz96 import Lorenz96
+
+        return Lorenz96(n=mc.n, F=mc.F, dt=mc.dt)
+    if isinstance(mc, cfg.ShallowWaterConfig):
+        from latentda.dynamics.shallow_water import ShallowWater2D
+
+        kw = mc.model_dump(exclude={"system", "init_family"})
+        return ShallowWater2D(**kw)
+    from latentda.dynamics.lotka_volterra import LotkaVolterra
+
+    return LotkaVolterra(alpha=mc.alpha, beta=mc.beta, gamma=mc.gamma, delta=mc.delta, dt=mc.dt,
+                         augmented=mc.augmented, param_spread=mc.param_spread)
+
+
+def build_operator(case: cfg.Case, n: int) -> ObservationOperator:
+    """The observation operator of a case."""
+    op = case.observations.operator
+    if op.kind == "identity":
+        return Identity(n)
+    if op.kind == "every":
+        return Subset.every(n, op.k, op.offset)
+    if op.kind == "indices":
+        return Subset(n, op.indices)
+    if op.kind == "random_sites":
+        rng = np.random.default_rng([case.seed, _SITES])
+        return Subset.random_sites(n, op.m, rng)
+    if op.kind == "strided_grid":
+        mc = case.model
+        return Subset.strided_grid(mc.nx, mc.ny, op.stride, n_fields=3,
+                                   field="huv".index(op.field))
+    if op.kind == "arctan":
+        return Arctan(n, op.indices)
+    return Square(n, op.indices)
+
+
+def build_filter(fc: cfg.FilterConfig) -> EnsembleFilter:
+    """The analysis method of a filter config."""
+    if fc.method == "etkf":
+        return ETKF(inflation=fc.inflation)
+    if fc.method == "enkf":
+        return EnKF(inflation=fc.inflation)
+    if fc.method == "letkf":
+        return LETKF(radius=fc.radius, inflation=fc.inflation)
+    return EnKF_N(inflation=fc.inflation)
+
+
+def _initial_truth(case: cfg.Case, model: Dynamics, rng: np.random.Generator) -> np.ndarray:
+    mc = case.model
+    if isinstance(mc, cfg.ShallowWaterConfig):
+        return model.sample_climatology(1, rng, family=mc.init_family,
+                                        spinup_steps=case.spinup_steps)
+    if isinstance(mc, cfg.LotkaVolterraConfig) and mc.augmented:
+        x = model.random_state(1, rng)
+        x[0, 2:] = model.true_log_params
+        return x
+    return model.climatology(1, rng, case.spinup_steps)
+
+
+def _initial_ensemble(case: cfg.Case, model: Dynamics, truth0: np.ndarray | None,
+                      rng: np.random.Generator) -> np.ndarray:
+    ec, mc = case.ensemble, case.model
+    N = ec.size
+    if ec.init == "perturbed_truth":
+        if truth0 is None:
+            raise cfg.CaseError("ensemble.init: perturbed_truth needs a twin experiment (no "
+                                "truth with observations.file); use climatology")
+        return truth0[None, :] + ec.perturbation_std * rng.standard_normal((N, model.state_dim))
+    if isinstance(mc, cfg.ShallowWaterConfig):
+        return model.sample_climatology(N, rng, family=mc.init_family)
+    if isinstance(mc, cfg.LotkaVolterraConfig):
+        return model.random_state(N, rng)
+    return model.climatology(N, rng)
+
+
+def default_store(case: cfg.Case) -> Path:
+    """``runs/<name>.zarr`` unless the case names a path."""
+    return Path(case.output.path) if case.output.path else Path("runs") / f"{case.name}.zarr"
+
+
+@dataclass
+class Prepared:
+    """Everything a run needs, built and checked."""
+
+    case: cfg.Case
+    model: Dynamics
+    operator: ObservationOperator
+    stream: ObservationStream
+    ensemble: np.ndarray
+    filter: EnsembleFilter
+    store: Path | None
+
+
+def prepare(case: cfg.Case, *, store: str | os.PathLike | None = None, overwrite: bool = False,
+            write: bool = True) -> Prepared:
+    """Build the objects of a case; refuse an existing store before any work.
+
+    Raises
+    ------
+    FileExistsError
+        If the store exists and ``overwrite`` is False.
+    latentda.config.CaseError
+        On anything in the case that cannot be built.
+    """
+    path = Path(store) if store is not None else default_store(case)
+    if write and path.exists() and not overwrite:
+        raise FileExistsError(f"output store {path} already exists; pass --overwrite to "
+                              "replace it, or --out to write elsewhere")
+    model = build_model(case.model)
+    n = model.state_dim
+    if case.observations.file is not None:
+        stream = ObservationStream.from_file(case.observations.file, n)
+        operator = stream.operator
+        truth0 = None
+    else:
+        operator = build_operator(case, n)
+        ev = case.observations.error_variances
+        noise = (GaussianNoise.diagonal(ev) if ev is not None
+                 else GaussianNoise.scalar(case.observations.error_variance, operator.obs_dim))
+        truth_rng = np.random.default_rng([case.seed, _TRUTH])
+        x0 = _initial_truth(case, model, truth_rng)
+        ds = twin_experiment(model, operator, noise, n_cycles=case.cycles,
+                             schedule=ObsSchedule(every=case.observations.every),
+                             missing_fraction=case.observations.missing_fraction,
+                             seed=truth_rng, initial_state=x0)
+        stream = ObservationStream.from_twin(ds, operator)
+        truth0 = stream.initial_truth
+    if len(stream) > case.cycles:
+        stream = ObservationStream(stream.times[:case.cycles], stream.values[:case.cycles],
+                                   stream.variances[:case.cycles], stream.operator,
+                                   None if stream.truth is None else stream.truth[:case.cycles],
+                                   stream.initial_truth)
+    ens_rng = np.random.default_rng([case.seed, _ENSEMBLE])
+    E0 = _initial_ensemble(case, model, truth0, ens_rng)
+    return Prepared(case, model, operator, stream, E0, build_filter(case.filter),
+                    path if write else None)
+
+
+def make_writer(p: Prepared, overwrite: bool) -> RunWriter:
+    """The store writer of a prepared run, with coordinates and global attributes."""
+    case, model = p.case, p.model
+    variables = [VarSpec(name, dims, dtype, attrs)
+                 for name, dims, dtype, attrs in output_variables(case.output.store_ensemble)]
+    coords: dict[str, Any] = {
+        "state": ("state", np.arange(model.state_dim, dtype=np.int32),
+                  {"long_name": "state variable index", "units": "1"}),
+        **model.state_coords(),
+        **obs_coords(model, p.operator),
+    }
+    if len(set(np.round(np.diff(p.stream.variances, axis=0), 15).ravel())) <= 1:
+        coords["obs_error_var"] = ("obs", p.stream.variances[0], {
+            "long_name": "observation error variance", "units": "model units squared"})
+    attrs = {
+        "case_name": case.name,
+        "case_description": case.description,
+        "case_config": json.dumps(case.model_dump(mode="json"), sort_keys=True),
+        "seed": case.seed,
+        "system": model.name,
+        "model": repr(model),
+        "filter": repr(p.filter),
+        "space": "state",
+        "ensemble_size": int(p.ensemble.shape[0]),
+        "burn_in_cycles": case.burn_in,
+        "has_truth": int(p.stream.has_truth),
+    }
+    time_attrs = {"units": "model time units", "long_name": "analysis time",
+                  "standard_name": "time", "axis": "T"}
+    return RunWriter(p.store, variables=variables, coords=coords,
+                     sizes={"member": p.ensemble.shape[0], "rank": p.ensemble.shape[0] + 1,
+                            "obs": p.operator.obs_dim},
+                     attrs=attrs, time_attrs=time_attrs, block=case.output.block,
+                     overwrite=overwrite)
+
+
+def summarize(series: dict[str, np.ndarray], burn_in: int) -> dict[str, float]:
+    """Time means of the scalar diagnostics after ``burn_in`` cycles."""
+    out: dict[str, float] = {}
+    for k, v in series.items():
+        if k == "time":
+            continue
+        tail = np.asarray(v[burn_in:], dtype=np.float64)
+        out[k] = float(np.nanmean(tail)) if np.isfinite(tail).any() else float("nan")
+    if np.isfinite(out.get("rmse_analysis", np.nan)) and out["rmse_analysis"] > 0:
+        out["spread_rmse_ratio"] = out["spread_analysis"] / out["rmse_analysis"]
+    out["cycles_averaged"] = float(max(0, len(series.get("time", [])) - burn_in))
+    return out
+
+
+def run_case(case: cfg.Case, *, store: str | os.PathLike | None = None, overwrite: bool = False,
+             write: bool = True, progress: bool = False) -> tuple[dict[str, float], Path | None]:
+    """Run a validated case end to end.
+
+    Returns
+    -------
+    (summary, store_path)
+        The time-mean diagnostics after burn-in and the store written (None if
+        ``write`` is False).
+    """
+    p = prepare(case, store=store, overwrite=overwrite, write=write)
+    writer = make_writer(p, overwrite) if write else None
+    cyc = Cycle(p.model, p.filter, p.operator, p.ensemble,
+                seed=int(np.random.SeedSequence([case.seed, _CYCLES]).generate_state(1)[0]),
+                writer=writer, store_ensemble=case.output.store_ensemble)
+    try:
+        series = cyc.run(p.stream, progress=progress)
+    except BaseException as exc:
+        if writer is not None:
+            writer.close(status=f"failed: {type(exc).__name__}: {exc}")
+        raise
+    summary = summarize(series, case.burn_in)
+    if writer is not None:
+        writer.close(status="complete")
+    return summary, p.store
