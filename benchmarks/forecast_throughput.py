@@ -18,9 +18,8 @@ from pathlib import Path  # noqa: E402
 import numpy as np  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import best_time, write_result  # noqa: E402
-
 import make_tables  # noqa: E402
+from _common import best_time, write_result  # noqa: E402
 
 
 def numpy_l96_rk4(E: np.ndarray, F: float, dt: float, nsteps: int) -> np.ndarray:
@@ -53,8 +52,9 @@ def bench_l96(N: int = 1000, nsteps: int = 200) -> dict:
 
 
 def bench_shallow_water(nx: int = 128, N: int = 16, nsteps: int = 20) -> dict:
-    from latentda.dynamics import ShallowWater2D
     from sw_numpy_reference import numpy_reference_step
+
+    from latentda.dynamics import ShallowWater2D
 
     sw = ShallowWater2D(nx=nx, ny=nx)
     E = sw.sample_climatology(N, np.random.default_rng(0), spinup_steps=10)

@@ -58,8 +58,10 @@ def numpy_tendency(sw, h: np.ndarray, u: np.ndarray, v: np.ndarray,
         rdx2, rdy2 = rdx * rdx, rdy * rdy
         Lu = _lap(u, rdx2, rdy2)
         Lv = _lap(v, rdx2, rdy2)
-        du += sw.nu * Lu - sw.nu4 * _lap(Lu, rdx2, rdy2)
-        dv += sw.nu * Lv - sw.nu4 * _lap(Lv, rdx2, rdy2)
+        du -= sw.nu4 * _lap(Lu, rdx2, rdy2)
+        dv -= sw.nu4 * _lap(Lv, rdx2, rdy2)
+        du += sw.nu * Lu
+        dv += sw.nu * Lv
     if sw.drag != 0.0:
         du -= sw.drag * u
         dv -= sw.drag * v

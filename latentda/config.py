@@ -100,6 +100,8 @@ class ObservationsConfig(_Strict):
     operator: OperatorConfig = OperatorConfig()
     error_variance: float | None = Field(1.0, gt=0, description="scalar R = variance * I")
     error_variances: list[float] | None = Field(None, description="diagonal R, one per obs")
+    error_covariance: list[list[float]] | None = Field(
+        None, description="full R (m x m), symmetric positive definite")
     every: int = Field(1, ge=1, description="model steps between analysis times")
     missing_fraction: float = Field(0.0, ge=0, le=1, description="random missing values")
     file: str | None = Field(None, description="user observations (netCDF/zarr) instead of a "
@@ -107,9 +109,18 @@ class ObservationsConfig(_Strict):
 
     @model_validator(mode="after")
     def _one_error_spec(self) -> ObservationsConfig:
+        if self.error_variances is not None and self.error_covariance is not None:
+            raise ValueError("give error_variances or error_covariance, not both")
         if self.error_variances is not None:
             if any(not (v > 0) for v in self.error_variances):
                 raise ValueError("error_variances must all be > 0 (R must be positive definite)")
+        if self.error_covariance is not None:
+            from latentda.observations import GaussianNoise
+
+            try:
+                GaussianNoise.full(self.error_covariance)
+            except ValueError as err:
+                raise ValueError(f"error_covariance: {err}") from None
         return self
 
 
@@ -128,9 +139,11 @@ class EnsembleConfig(_Strict):
 class FilterConfig(_Strict):
     """The analysis method and its hyperparameters."""
 
-    method: Literal["etkf", "enkf", "letkf", "enkf_n"] = "etkf"
+    method: Literal["etkf", "enkf", "letkf", "enkf_n", "etkf_adaptive"] = "etkf"
     inflation: float = Field(1.0, ge=1.0, description="multiplicative inflation (>= 1)")
     radius: float | None = Field(None, gt=0, description="letkf: Gaspari-Cohn half-width")
+    prior_var: float = Field(0.04**2, gt=0, description="etkf_adaptive: variance of the "
+                                                          "inflation prior per cycle")
 
     @model_validator(mode="after")
     def _radius_for_letkf(self) -> FilterConfig:
@@ -202,6 +215,10 @@ class Case(_Strict):
         if ev is not None and len(ev) != m:
             raise ValueError(f"observations.error_variances has {len(ev)} entries but there "
                              f"are {m} observations")
+        ec = self.observations.error_covariance
+        if ec is not None and len(ec) != m:
+            raise ValueError(f"observations.error_covariance is {len(ec)}x{len(ec)} but there "
+                             f"are {m} observations")
         if self.filter.method == "letkf" and isinstance(model, LotkaVolterraConfig):
             raise ValueError("filter.method letkf needs a spatial model; Lotka-Volterra has no "
                              "geometry: use etkf, enkf or enkf_n")
@@ -234,10 +251,16 @@ def obs_dim(case: Case) -> int:
     return len(op.indices) if op.indices else n
 
 
+_SYSTEMS = ("lorenz96", "shallow_water", "lotka_volterra")
+
+
 def _format_errors(err: ValidationError, source: str) -> str:
     lines = [f"invalid case {source}:"]
     for e in err.errors():
-        loc = ".".join(str(p) for p in e["loc"] if not str(p).startswith("function-after"))
+        parts = [str(p) for p in e["loc"] if not str(p).startswith("function-after")]
+        if len(parts) > 1 and parts[0] == "model" and parts[1] in _SYSTEMS:
+            parts.pop(1)
+        loc = ".".join(parts)
         msg = e["msg"].removeprefix("Value error, ")
         if e["type"] == "extra_forbidden":
             msg = "unknown key; remove it or check its spelling (see docs/cases.md)"

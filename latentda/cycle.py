@@ -159,8 +159,8 @@ class Cycle:
             return HX if sel is None else HX[:, sel]
 
         loc = None if self._obs_loc is None else self._obs_loc[valid]
-        return Observation(y=y[valid], R=np.diag(var[valid]), h=h,
-                           locations=loc)
+        R = np.diag(var[valid]) if var.ndim == 1 else var[np.ix_(valid, valid)]
+        return Observation(y=y[valid], R=R, h=h, locations=loc)
 
     def analyse(self, y: np.ndarray, variances: np.ndarray,
                 truth: np.ndarray | None = None) -> CycleRecord:
@@ -171,8 +171,8 @@ class Cycle:
         y : ndarray, shape (m,)
             Observed values; NaN/inf entries are missing and ignored. With no valid
             value the step is forecast-only (the analysis equals the forecast).
-        variances : ndarray, shape (m,)
-            Observation-error variances (diagonal R).
+        variances : ndarray, shape (m,) or (m, m)
+            Observation-error variances (diagonal R), or a full covariance R.
         truth : ndarray, shape (n,), optional
             The true state, for skill scores (NaN scores without it).
 
@@ -183,9 +183,9 @@ class Cycle:
         m = self.operator.obs_dim
         y = np.asarray(y, dtype=np.float64)
         var = np.asarray(variances, dtype=np.float64)
-        if y.shape != (m,) or var.shape != (m,):
-            raise ValueError(f"y and variances must have shape ({m},) (got {y.shape}, "
-                             f"{var.shape})")
+        if y.shape != (m,) or var.shape not in ((m,), (m, m)):
+            raise ValueError(f"y must have shape ({m},) and variances ({m},) or ({m}, {m}) "
+                             f"(got {y.shape}, {var.shape})")
         valid = np.isfinite(y)
         Ef = self.E
         rng = np.random.default_rng([self.seed, self.cycle_index])
@@ -266,7 +266,7 @@ class Cycle:
         for c in range(start, stop):
             self.forecast(stream.times[c])
             truth = stream.truth[c] if stream.truth is not None else None
-            yield self.analyse(stream.values[c], stream.variances[c], truth)
+            yield self.analyse(stream.values[c], stream.error(c), truth)
 
     def run(self, stream: ObservationStream, *, progress: bool = False,
             callback: Callable[[CycleRecord], None] | None = None) -> dict[str, np.ndarray]:

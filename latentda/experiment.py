@@ -19,6 +19,7 @@ from latentda import config as cfg
 from latentda.cycle import Cycle, output_variables
 from latentda.dynamics.base import Dynamics
 from latentda.filters import ETKF, LETKF, EnKF, EnKF_N
+from latentda.filters.adaptive import AdaptiveETKF
 from latentda.filters.base import EnsembleFilter
 from latentda.io import RunWriter, VarSpec
 from latentda.obs_stream import ObservationStream
@@ -83,6 +84,8 @@ def build_filter(fc: cfg.FilterConfig) -> EnsembleFilter:
         return EnKF(inflation=fc.inflation)
     if fc.method == "letkf":
         return LETKF(radius=fc.radius, inflation=fc.inflation)
+    if fc.method == "etkf_adaptive":
+        return AdaptiveETKF(inflation=fc.inflation, prior_var=fc.prior_var)
     return EnKF_N(inflation=fc.inflation)
 
 
@@ -155,9 +158,13 @@ def prepare(case: cfg.Case, *, store: str | os.PathLike | None = None, overwrite
         truth0 = None
     else:
         operator = build_operator(case, n)
-        ev = case.observations.error_variances
-        noise = (GaussianNoise.diagonal(ev) if ev is not None
-                 else GaussianNoise.scalar(case.observations.error_variance, operator.obs_dim))
+        ev, ec = case.observations.error_variances, case.observations.error_covariance
+        if ec is not None:
+            noise = GaussianNoise.full(ec)
+        elif ev is not None:
+            noise = GaussianNoise.diagonal(ev)
+        else:
+            noise = GaussianNoise.scalar(case.observations.error_variance, operator.obs_dim)
         truth_rng = np.random.default_rng([case.seed, _TRUTH])
         x0 = _initial_truth(case, model, truth_rng)
         ds = twin_experiment(model, operator, noise, n_cycles=case.cycles,
@@ -165,6 +172,8 @@ def prepare(case: cfg.Case, *, store: str | os.PathLike | None = None, overwrite
                              missing_fraction=case.observations.missing_fraction,
                              seed=truth_rng, initial_state=x0)
         stream = ObservationStream.from_twin(ds, operator)
+        if not noise.is_diagonal:
+            stream.R = noise.cov
         truth0 = stream.initial_truth
     if len(stream) > case.cycles:
         stream = ObservationStream(stream.times[:case.cycles], stream.values[:case.cycles],

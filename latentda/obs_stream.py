@@ -38,6 +38,9 @@ class ObservationStream:
         The true state at each time (twin experiments); ``None`` for real data.
     initial_truth : ndarray, shape (n,), optional
         The true state at the initial time.
+    R : ndarray, shape (m, m), optional
+        A full (correlated) error covariance used at every time instead of
+        ``diag(variances)``.
     """
 
     times: np.ndarray
@@ -46,6 +49,7 @@ class ObservationStream:
     operator: ObservationOperator
     truth: np.ndarray | None = None
     initial_truth: np.ndarray | None = None
+    R: np.ndarray | None = None
 
     def __post_init__(self) -> None:
         self.times = np.asarray(self.times, dtype=np.float64)
@@ -78,6 +82,10 @@ class ObservationStream:
             if self.truth.shape != (K, self.operator.state_dim):
                 raise ValueError(f"truth must have shape (time, state) = "
                                  f"({K}, {self.operator.state_dim}) (got {self.truth.shape})")
+
+    def error(self, c: int) -> np.ndarray:
+        """Observation-error spec at time index ``c``: variances (m,) or the full R (m, m)."""
+        return self.variances[c] if self.R is None else self.R
 
     def __len__(self) -> int:
         return len(self.times)

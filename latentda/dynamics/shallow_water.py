@@ -59,10 +59,21 @@ MAX_DAMPING_DT = 2.5
 
 # --------------------------------------------------------------------------------------
 # Numba kernels. All work arrays carry a one-cell periodic halo: padded index (j, i)
-# holds the physical point (i - 1, j - 1); the halo is refilled before each stencil.
+# holds the physical point (i - 1, j - 1); halos are refilled before each stencil.
+# Loops are kept small (one or two outputs, few inputs) so that LLVM can vectorize
+# them (its run-time alias checks give up on loops touching many arrays), and
+# ``error_model="numpy"`` gives IEEE division (inf/NaN instead of an exception, and
+# vectorizable); there is no fastmath, so results are bit-reproducible.
 # --------------------------------------------------------------------------------------
-@njit(cache=True, nogil=True)
-def _fill_halo(a: np.ndarray) -> None:  # pragma: no cover - compiled
+_KW = {"cache": True, "nogil": True, "error_model": "numpy"}
+
+#: indices of the work arrays in the (NWORK, ny + 2, nx + 2) scratch block
+_U, _V, _B, _Q, _QU, _QV, _LU, _LV, _KH, _KU, _KV = range(11)
+NWORK = 11
+
+
+@njit(**_KW)
+def _fill_halo(a):  # pragma: no cover - compiled
     ny = a.shape[0] - 2
     nx = a.shape[1] - 2
     for j in range(1, ny + 1):
@@ -73,120 +84,157 @@ def _fill_halo(a: np.ndarray) -> None:  # pragma: no cover - compiled
         a[ny + 1, i] = a[1, i]
 
 
-@njit(cache=True, nogil=True)
-def _rhs(h, u, v, y0h, y0u, y0v, ah, au, av, oh, ou, ov, mode, c, U, V, B, QU, QV, Lu, Lv,
-         fq, g, rdx, rdy, nu, nu4, drag):  # pragma: no cover - compiled
-    """Tendency ``k`` of the padded state ``(h, u, v)``, used according to ``mode``.
+@njit(**_KW)
+def _laplacian(a, out, rdx2, rdy2):  # pragma: no cover - compiled
+    ny = a.shape[0] - 2
+    nx = a.shape[1] - 2
+    for j in range(1, ny + 1):
+        for i in range(1, nx + 1):
+            out[j, i] = ((a[j, i + 1] - 2.0 * a[j, i] + a[j, i - 1]) * rdx2
+                         + (a[j + 1, i] - 2.0 * a[j, i] + a[j - 1, i]) * rdy2)
 
-    mode 0: ``o = k``; 1: ``a = k`` and ``o = y0 + c k``; 2: ``a += 2 k`` and
-    ``o = y0 + c k``; 3: ``y0 += c (a + k)``. Only the interior is written; the
-    outputs may alias the inputs (every input is read at the point it writes
-    before that point is overwritten, stencils only touch the work arrays).
-    """
+
+@njit(**_KW)
+def _dissipate(k, a, La, nu, nu4, drag, rdx2, rdy2):  # pragma: no cover - compiled
+    """``k += nu lap(a) - nu4 lap(lap(a)) - drag a`` with ``La = lap(a)`` (halo filled)."""
+    ny = a.shape[0] - 2
+    nx = a.shape[1] - 2
+    if nu4 != 0.0:
+        for j in range(1, ny + 1):
+            for i in range(1, nx + 1):
+                k[j, i] -= nu4 * ((La[j, i + 1] - 2.0 * La[j, i] + La[j, i - 1]) * rdx2
+                                  + (La[j + 1, i] - 2.0 * La[j, i] + La[j - 1, i]) * rdy2)
+    if nu != 0.0:
+        for j in range(1, ny + 1):
+            for i in range(1, nx + 1):
+                k[j, i] += nu * La[j, i]
+    if drag != 0.0:
+        for j in range(1, ny + 1):
+            for i in range(1, nx + 1):
+                k[j, i] -= drag * a[j, i]
+
+
+@njit(**_KW)
+def _rhs(h, u, v, w, fq, g, rdx, rdy, nu, nu4, drag):  # pragma: no cover - compiled
+    """Tendencies of the padded state ``(h, u, v)`` into ``w[_KH], w[_KU], w[_KV]``."""
     ny = h.shape[0] - 2
     nx = h.shape[1] - 2
+    U, V, B, Q, QU, QV = w[_U], w[_V], w[_B], w[_Q], w[_QU], w[_QV]
+    kh, ku, kv = w[_KH], w[_KU], w[_KV]
     _fill_halo(h)
     _fill_halo(u)
     _fill_halo(v)
-    # mass fluxes and Bernoulli function
+    # mass fluxes U = avg_x(h) u, V = avg_y(h) v and Bernoulli function B
     for j in range(1, ny + 1):
         for i in range(1, nx + 1):
             U[j, i] = 0.5 * (h[j, i - 1] + h[j, i]) * u[j, i]
+    for j in range(1, ny + 1):
+        for i in range(1, nx + 1):
             V[j, i] = 0.5 * (h[j - 1, i] + h[j, i]) * v[j, i]
+    for j in range(1, ny + 1):
+        for i in range(1, nx + 1):
             B[j, i] = g * h[j, i] + 0.25 * (u[j, i] * u[j, i] + u[j, i + 1] * u[j, i + 1]
                                             + v[j, i] * v[j, i] + v[j + 1, i] * v[j + 1, i])
     _fill_halo(U)
     _fill_halo(V)
     _fill_halo(B)
-    # corner potential vorticity times the x-averaged V / y-averaged U (0.5 factors later)
+    # corner potential vorticity q = (f + zeta) / avg_xy(h)
     for j in range(1, ny + 1):
         fj = fq[j - 1]
         for i in range(1, nx + 1):
             zeta = (v[j, i] - v[j, i - 1]) * rdx - (u[j, i] - u[j - 1, i]) * rdy
             hq = 0.25 * (h[j, i] + h[j, i - 1] + h[j - 1, i] + h[j - 1, i - 1])
-            q = (fj + zeta) / hq
-            QV[j, i] = q * (V[j, i - 1] + V[j, i])
-            QU[j, i] = q * (U[j - 1, i] + U[j, i])
-    _fill_halo(QV)
-    _fill_halo(QU)
-    visc = nu != 0.0 or nu4 != 0.0
-    rdx2 = rdx * rdx
-    rdy2 = rdy * rdy
-    if visc:
-        for j in range(1, ny + 1):
-            for i in range(1, nx + 1):
-                Lu[j, i] = ((u[j, i + 1] - 2.0 * u[j, i] + u[j, i - 1]) * rdx2
-                            + (u[j + 1, i] - 2.0 * u[j, i] + u[j - 1, i]) * rdy2)
-                Lv[j, i] = ((v[j, i + 1] - 2.0 * v[j, i] + v[j, i - 1]) * rdx2
-                            + (v[j + 1, i] - 2.0 * v[j, i] + v[j - 1, i]) * rdy2)
-        _fill_halo(Lu)
-        _fill_halo(Lv)
+            Q[j, i] = (fj + zeta) / hq
+    # q times 2 avg_x(V) and 2 avg_y(U) on the corners (the 0.5 factors come below)
     for j in range(1, ny + 1):
         for i in range(1, nx + 1):
-            kh = -((U[j, i + 1] - U[j, i]) * rdx + (V[j + 1, i] - V[j, i]) * rdy)
-            ku = 0.25 * (QV[j, i] + QV[j + 1, i]) - (B[j, i] - B[j, i - 1]) * rdx
-            kv = -0.25 * (QU[j, i] + QU[j, i + 1]) - (B[j, i] - B[j - 1, i]) * rdy
-            if visc:
-                llu = ((Lu[j, i + 1] - 2.0 * Lu[j, i] + Lu[j, i - 1]) * rdx2
-                       + (Lu[j + 1, i] - 2.0 * Lu[j, i] + Lu[j - 1, i]) * rdy2)
-                llv = ((Lv[j, i + 1] - 2.0 * Lv[j, i] + Lv[j, i - 1]) * rdx2
-                       + (Lv[j + 1, i] - 2.0 * Lv[j, i] + Lv[j - 1, i]) * rdy2)
-                ku += nu * Lu[j, i] - nu4 * llu
-                kv += nu * Lv[j, i] - nu4 * llv
-            if drag != 0.0:
-                ku -= drag * u[j, i]
-                kv -= drag * v[j, i]
-            if mode == 0:
-                oh[j, i] = kh
-                ou[j, i] = ku
-                ov[j, i] = kv
-            elif mode == 1:
-                ah[j, i] = kh
-                au[j, i] = ku
-                av[j, i] = kv
-                oh[j, i] = y0h[j, i] + c * kh
-                ou[j, i] = y0u[j, i] + c * ku
-                ov[j, i] = y0v[j, i] + c * kv
-            elif mode == 2:
-                ah[j, i] += 2.0 * kh
-                au[j, i] += 2.0 * ku
-                av[j, i] += 2.0 * kv
-                oh[j, i] = y0h[j, i] + c * kh
-                ou[j, i] = y0u[j, i] + c * ku
-                ov[j, i] = y0v[j, i] + c * kv
-            else:
-                y0h[j, i] += c * (ah[j, i] + kh)
-                y0u[j, i] += c * (au[j, i] + ku)
-                y0v[j, i] += c * (av[j, i] + kv)
+            QV[j, i] = Q[j, i] * (V[j, i - 1] + V[j, i])
+    for j in range(1, ny + 1):
+        for i in range(1, nx + 1):
+            QU[j, i] = Q[j, i] * (U[j - 1, i] + U[j, i])
+    _fill_halo(QV)
+    _fill_halo(QU)
+    # dh = -div(U, V); du = avg_y(q avg_x V) - dB/dx; dv = -avg_x(q avg_y U) - dB/dy
+    for j in range(1, ny + 1):
+        for i in range(1, nx + 1):
+            kh[j, i] = -((U[j, i + 1] - U[j, i]) * rdx + (V[j + 1, i] - V[j, i]) * rdy)
+    for j in range(1, ny + 1):
+        for i in range(1, nx + 1):
+            ku[j, i] = 0.25 * (QV[j, i] + QV[j + 1, i]) - (B[j, i] - B[j, i - 1]) * rdx
+    for j in range(1, ny + 1):
+        for i in range(1, nx + 1):
+            kv[j, i] = -0.25 * (QU[j, i] + QU[j, i + 1]) - (B[j, i] - B[j - 1, i]) * rdy
+    if nu != 0.0 or nu4 != 0.0 or drag != 0.0:
+        Lu, Lv = w[_LU], w[_LV]
+        rdx2 = rdx * rdx
+        rdy2 = rdy * rdy
+        if nu != 0.0 or nu4 != 0.0:
+            _laplacian(u, Lu, rdx2, rdy2)
+            _laplacian(v, Lv, rdx2, rdy2)
+            _fill_halo(Lu)
+            _fill_halo(Lv)
+        _dissipate(ku, u, Lu, nu, nu4, drag, rdx2, rdy2)
+        _dissipate(kv, v, Lv, nu, nu4, drag, rdx2, rdy2)
 
 
-@njit(cache=True, nogil=True)
+@njit(**_KW)
+def _rk_stage(y0, k, acc, out, c, first):  # pragma: no cover - compiled
+    """``acc = k`` (first) or ``acc += 2 k``; then ``out = y0 + c k`` (interior only)."""
+    ny = y0.shape[0] - 2
+    nx = y0.shape[1] - 2
+    if first:
+        for j in range(1, ny + 1):
+            for i in range(1, nx + 1):
+                acc[j, i] = k[j, i]
+    else:
+        for j in range(1, ny + 1):
+            for i in range(1, nx + 1):
+                acc[j, i] += 2.0 * k[j, i]
+    for j in range(1, ny + 1):
+        for i in range(1, nx + 1):
+            out[j, i] = y0[j, i] + c * k[j, i]
+
+
+@njit(**_KW)
+def _rk_final(y0, k, acc, c):  # pragma: no cover - compiled
+    """``y0 += c (acc + k)`` on the interior."""
+    ny = y0.shape[0] - 2
+    nx = y0.shape[1] - 2
+    for j in range(1, ny + 1):
+        for i in range(1, nx + 1):
+            y0[j, i] += c * (acc[j, i] + k[j, i])
+
+
+@njit(**_KW)
 def _load(row, off, a, ny, nx):  # pragma: no cover - compiled
     for j in range(ny):
         for i in range(nx):
             a[j + 1, i + 1] = row[off + j * nx + i]
 
 
-@njit(cache=True, nogil=True)
+@njit(**_KW)
 def _store(a, row, off, ny, nx):  # pragma: no cover - compiled
     for j in range(ny):
         for i in range(nx):
             row[off + j * nx + i] = a[j + 1, i + 1]
 
 
-@njit(cache=True, nogil=True)
+@njit(**_KW)
 def _sw_advance(E, nsteps, nx, ny, fq, g, dx, dy, dt, nu, nu4, drag):  # pragma: no cover
-    """RK4-integrate each member of ``E`` (N, 3 ny nx) for ``nsteps``; returns a new array."""
+    """RK4-integrate each member of ``E`` (N, 3 ny nx) for ``nsteps``; returns a new array.
+
+    Members are integrated one after the other, each for all its steps, so the
+    work arrays (allocated once per call) stay in cache.
+    """
     N = E.shape[0]
     nxy = nx * ny
     out = np.empty_like(E)
     rdx = 1.0 / dx
     rdy = 1.0 / dy
-    w = np.zeros((16, ny + 2, nx + 2))  # all work arrays, allocated once per call
-    h0, u0, v0 = w[0], w[1], w[2]
-    hs, us, vs = w[3], w[4], w[5]
-    ah, au, av = w[6], w[7], w[8]
-    U, V, B, QU, QV, Lu, Lv = w[9], w[10], w[11], w[12], w[13], w[14], w[15]
+    s = np.zeros((9, ny + 2, nx + 2))
+    h0, u0, v0, hs, us, vs, ah, au, av = s[0], s[1], s[2], s[3], s[4], s[5], s[6], s[7], s[8]
+    w = np.zeros((NWORK, ny + 2, nx + 2))
+    kh, ku, kv = w[_KH], w[_KU], w[_KV]
     half = 0.5 * dt
     sixth = dt / 6.0
     for m in range(N):
@@ -195,14 +243,22 @@ def _sw_advance(E, nsteps, nx, ny, fq, g, dx, dy, dt, nu, nu4, drag):  # pragma:
         _load(row, nxy, u0, ny, nx)
         _load(row, 2 * nxy, v0, ny, nx)
         for _ in range(nsteps):
-            _rhs(h0, u0, v0, h0, u0, v0, ah, au, av, hs, us, vs, 1, half, U, V, B, QU, QV, Lu,
-                 Lv, fq, g, rdx, rdy, nu, nu4, drag)
-            _rhs(hs, us, vs, h0, u0, v0, ah, au, av, hs, us, vs, 2, half, U, V, B, QU, QV, Lu,
-                 Lv, fq, g, rdx, rdy, nu, nu4, drag)
-            _rhs(hs, us, vs, h0, u0, v0, ah, au, av, hs, us, vs, 2, dt, U, V, B, QU, QV, Lu,
-                 Lv, fq, g, rdx, rdy, nu, nu4, drag)
-            _rhs(hs, us, vs, h0, u0, v0, ah, au, av, hs, us, vs, 3, sixth, U, V, B, QU, QV, Lu,
-                 Lv, fq, g, rdx, rdy, nu, nu4, drag)
+            _rhs(h0, u0, v0, w, fq, g, rdx, rdy, nu, nu4, drag)
+            _rk_stage(h0, kh, ah, hs, half, True)
+            _rk_stage(u0, ku, au, us, half, True)
+            _rk_stage(v0, kv, av, vs, half, True)
+            _rhs(hs, us, vs, w, fq, g, rdx, rdy, nu, nu4, drag)
+            _rk_stage(h0, kh, ah, hs, half, False)
+            _rk_stage(u0, ku, au, us, half, False)
+            _rk_stage(v0, kv, av, vs, half, False)
+            _rhs(hs, us, vs, w, fq, g, rdx, rdy, nu, nu4, drag)
+            _rk_stage(h0, kh, ah, hs, dt, False)
+            _rk_stage(u0, ku, au, us, dt, False)
+            _rk_stage(v0, kv, av, vs, dt, False)
+            _rhs(hs, us, vs, w, fq, g, rdx, rdy, nu, nu4, drag)
+            _rk_final(h0, kh, ah, sixth)
+            _rk_final(u0, ku, au, sixth)
+            _rk_final(v0, kv, av, sixth)
         orow = out[m]
         _store(h0, orow, 0, ny, nx)
         _store(u0, orow, nxy, ny, nx)
@@ -210,27 +266,25 @@ def _sw_advance(E, nsteps, nx, ny, fq, g, dx, dy, dt, nu, nu4, drag):  # pragma:
     return out
 
 
-@njit(cache=True, nogil=True)
+@njit(**_KW)
 def _sw_tendency(E, nx, ny, fq, g, dx, dy, nu, nu4, drag):  # pragma: no cover - compiled
     """Right-hand side of the semi-discrete equations for each member of ``E``."""
     N = E.shape[0]
     nxy = nx * ny
     out = np.empty_like(E)
-    w = np.zeros((13, ny + 2, nx + 2))
-    h, u, v = w[0], w[1], w[2]
-    kh, ku, kv = w[3], w[4], w[5]
-    U, V, B, QU, QV, Lu, Lv = w[6], w[7], w[8], w[9], w[10], w[11], w[12]
+    s = np.zeros((3, ny + 2, nx + 2))
+    h, u, v = s[0], s[1], s[2]
+    w = np.zeros((NWORK, ny + 2, nx + 2))
     for m in range(N):
         row = E[m]
         _load(row, 0, h, ny, nx)
         _load(row, nxy, u, ny, nx)
         _load(row, 2 * nxy, v, ny, nx)
-        _rhs(h, u, v, h, u, v, kh, ku, kv, kh, ku, kv, 0, 0.0, U, V, B, QU, QV, Lu, Lv, fq, g,
-             1.0 / dx, 1.0 / dy, nu, nu4, drag)
+        _rhs(h, u, v, w, fq, g, 1.0 / dx, 1.0 / dy, nu, nu4, drag)
         orow = out[m]
-        _store(kh, orow, 0, ny, nx)
-        _store(ku, orow, nxy, ny, nx)
-        _store(kv, orow, 2 * nxy, ny, nx)
+        _store(w[_KH], orow, 0, ny, nx)
+        _store(w[_KU], orow, nxy, ny, nx)
+        _store(w[_KV], orow, 2 * nxy, ny, nx)
     return out
 
 
@@ -658,7 +712,15 @@ class ShallowWater2D(Dynamics):
         return self.pack(self.H + eta, zero, zero)
 
     def random_state(self, N: int, rng: np.random.Generator) -> np.ndarray:
-        """Random balanced vortex fields (:meth:`random_vortices` with its defaults)."""
+        """Random balanced vortex fields (:meth:`random_vortices` with its defaults).
+
+        Where ``f`` vanishes somewhere on the grid (e.g. ``f0 = 0``), geostrophic
+        balance is impossible and :meth:`gaussian_bumps` (defaults) is used instead.
+        """
+        try:
+            self._coriolis_faces()
+        except ValueError:
+            return self.gaussian_bumps(N, rng)
         return self.random_vortices(N, rng)
 
     def sample_climatology(self, N: int, rng: np.random.Generator, family: str = "vortices",

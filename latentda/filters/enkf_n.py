@@ -71,20 +71,16 @@ def solve_dual(s2: np.ndarray, c2: np.ndarray, N: int, eN: float, cL: float,
     ``J -> +inf`` at both ends of ``(0, inf)``, so a minimiser exists.
     """
     N1 = N - 1.0
-    s4c2 = s2 * c2
-
-    def jp(l: float) -> float:
-        den = l * l * s2 + N1
-        return -2.0 * l * float(np.sum(c2 / den**2)) - 2.0 * eN / l**3 + 2.0 * cL / l
-
-    def jpp(l: float) -> float:
-        den = l * l * s2 + N1
-        return (-2.0 * float(np.sum(c2 / den**2)) + 8.0 * l * l * float(np.sum(s4c2 / den**3))
-                + 6.0 * eN / l**4 - 2.0 * cL / l**2)
-
+    s2c2 = s2 * c2
     l = 1.0
     for it in range(1, maxiter + 1):
-        g, h = jp(l), jpp(l)
+        inv = 1.0 / (l * l * s2 + N1)
+        q = c2 * inv * inv
+        sq = float(q.sum())
+        l2, l3 = l * l, l * l * l
+        g = -2.0 * l * sq - 2.0 * eN / l3 + 2.0 * cL / l  # J'(l)
+        h = (-2.0 * sq + 8.0 * l2 * float(np.dot(s2c2 * inv, inv * inv))
+             + 6.0 * eN / (l2 * l2) - 2.0 * cL / l2)  # J''(l)
         if not (h > 0 and math.isfinite(g) and math.isfinite(h)):
             break
         step = g / h

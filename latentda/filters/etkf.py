@@ -10,6 +10,7 @@ from latentda.filters.base import (
     EnsembleFilter,
     Geometry,
     Observation,
+    batched_transforms,
     sqrt_transform,
     whitened_innovations,
 )
@@ -27,7 +28,9 @@ class ETKF(EnsembleFilter):
     ensemble covariance and the anomalies are transformed by the symmetric square
     root ``T = sqrt(N-1) C^{-1/2}``; the ones-vector is an eigenvector of ``T``
     (eigenvalue 1), so the transform preserves the mean and the analysis anomalies
-    sum to zero. Analysis anomalies are then multiplied by ``inflation``.
+    sum to zero. When ``m < N`` the equivalent ``m x m`` problem is decomposed
+    instead (see :func:`~latentda.filters.base.batched_transforms`). Analysis anomalies
+    are then multiplied by ``inflation``.
 
     Parameters
     ----------
@@ -44,5 +47,12 @@ class ETKF(EnsembleFilter):
                  rng: np.random.Generator | None, geometry: Geometry | None,
                  ) -> tuple[np.ndarray, dict[str, float]]:
         Yw, dyw = whitened_innovations(HE, obs)
-        Ea = sqrt_transform(E, Yw, dyw, self.inflation)
+        N, m = Yw.shape
+        if m >= N:
+            Ea = sqrt_transform(E, Yw, dyw, self.inflation)
+        else:  # fewer observations than members: decompose the m x m Gram matrix instead
+            xbar = E.mean(axis=0)
+            W = batched_transforms(Yw[None], dyw[None], N - 1.0, self.inflation, "obs")[0]
+            Ea = W @ (E - xbar)
+            Ea += xbar
         return Ea, {"inflation": self.inflation}

@@ -16,7 +16,7 @@ from latentda.filters.base import (
     batched_transforms,
     whitened_innovations,
 )
-from latentda.filters.localization import GC_SUPPORT, gaspari_cohn, periodic_distance
+from latentda.filters.localization import GC_SUPPORT, gaspari_cohn, pairwise_sq_distance
 
 __all__ = ["LETKF"]
 
@@ -47,11 +47,13 @@ class _LocalPlan:
     var_group: np.ndarray  # (len(vars_sorted),) active-group position of each variable
     group_size: int | None  # variables per active group when all are equal
     untouched: np.ndarray  # variables without any local observation
+    mean_local_obs: float = field(init=False)  # per variable (0 for untouched ones)
+    max_group: int = field(init=False)  # most variables in one active group
 
-    @property
-    def mean_local_obs(self) -> float:
-        """Mean number of local observations per variable (0 for untouched ones)."""
-        return float(np.dot(self.counts, np.diff(self.vptr))) / self.d
+    def __post_init__(self) -> None:
+        sizes = np.diff(self.vptr)
+        self.mean_local_obs = float(np.dot(self.counts, sizes)) / self.d
+        self.max_group = int(sizes.max()) if sizes.size else 0
 
 
 def _global_plan(d: int, m: int) -> _LocalPlan:
@@ -72,9 +74,9 @@ def _local_plan(key: tuple[Any, ...], geometry: Geometry, obs_loc: np.ndarray, r
     rows_l, cols_l, w_l = [], [], []
     step = max(1, _DIST_BLOCK // max(m, 1))
     for g0 in range(0, G, step):
-        dist = periodic_distance(uloc[g0:g0 + step], obs_loc, geometry.period)
-        r, c = np.nonzero(dist < cutoff)
-        w = fun(dist[r, c] / radius)
+        sq = pairwise_sq_distance(uloc[g0:g0 + step], obs_loc, geometry.period)
+        r, c = np.nonzero(sq < cutoff * cutoff)
+        w = fun(np.sqrt(sq[r, c]) / radius)
         keep = w > 0
         rows_l.append(r[keep] + g0)
         cols_l.append(c[keep])
@@ -223,7 +225,7 @@ class LETKF(EnsembleFilter):
             Ea[:, u] = E[:, u] if infl == 1.0 else xbar[u] + infl * A[:, u]
         Ga = plan.counts.size
         f = plan.group_size
-        smax = int(np.max(np.diff(plan.vptr))) if Ga else 0
+        smax = plan.max_group
         kmax = int(plan.counts[-1]) if Ga else 0
         per_var = 2 * N if f is not None else N * N + 2 * N
         per_group = 8 * (4 * N * N + 2 * N * kmax + smax * per_var)

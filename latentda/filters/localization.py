@@ -6,7 +6,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-__all__ = ["gaspari_cohn", "periodic_distance", "as_period", "GC_SUPPORT"]
+__all__ = ["gaspari_cohn", "periodic_distance", "pairwise_sq_distance", "as_period", "GC_SUPPORT"]
 
 #: the Gaspari–Cohn function vanishes for r >= GC_SUPPORT (r = distance / half-width)
 GC_SUPPORT: float = 2.0
@@ -103,13 +103,19 @@ def periodic_distance(a: np.ndarray, b: np.ndarray,
     if a.shape[1] != b.shape[1]:
         raise ValueError(f"a and b must have the same number of axes D (got {a.shape[1]} "
                          f"and {b.shape[1]})")
-    D = a.shape[1]
-    per = as_period(period, D)
+    per = as_period(period, a.shape[1])
+    return np.sqrt(pairwise_sq_distance(a, b, per))
+
+
+def pairwise_sq_distance(a: np.ndarray, b: np.ndarray, period: tuple[float, ...] | None,
+                         ) -> np.ndarray:
+    """Squared minimum-image distances between validated points ``(na, D)`` and ``(nb, D)``."""
     sq = np.zeros((a.shape[0], b.shape[0]))
-    for k in range(D):
-        delta = np.abs(a[:, k, None] - b[None, :, k])
-        if per is not None and np.isfinite(per[k]):
-            delta = np.mod(delta, per[k])
-            delta = np.minimum(delta, per[k] - delta)
-        sq += delta * delta
-    return np.sqrt(sq)
+    for k in range(a.shape[1]):
+        delta = a[:, k, None] - b[None, :, k]
+        if period is not None and np.isfinite(period[k]):
+            p = period[k]
+            delta -= p * np.rint(delta * (1.0 / p))  # minimum image: |delta| <= p / 2
+        delta *= delta
+        sq += delta
+    return sq
