@@ -27,6 +27,11 @@ def _print_summary(case, summary: dict[str, float], store: Path | None) -> None:
     print(f"  {'':10s} {'forecast':>10s} {'analysis':>10s}")
     for label, f, a in rows:
         print(f"  {label:10s} {_fmt(summary[f]):>10s} {_fmt(summary[a]):>10s}")
+    comps = [k.removeprefix("rmse_analysis_") for k in summary
+             if k.startswith("rmse_analysis_") and not k.endswith("by_component")]
+    for name in comps:
+        print(f"  {name:10s} analysis RMSE {_fmt(summary['rmse_analysis_' + name])}, "
+              f"spread {_fmt(summary['spread_analysis_' + name])}")
     if "spread_rmse_ratio" in summary:
         print(f"  spread/RMSE (analysis) {_fmt(summary['spread_rmse_ratio'])}")
     print(f"  normalised innovation {_fmt(summary['innovation_chi2'])}  "

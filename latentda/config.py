@@ -56,6 +56,9 @@ class ShallowWaterConfig(_Strict):
         "vortices", description="initial-condition family of truth and ensemble")
 
 
+_Finite = Annotated[float, Field(allow_inf_nan=False)]
+
+
 class LotkaVolterraConfig(_Strict):
     """Lotka–Volterra ODE, optionally with log-parameters as augmented state."""
 
@@ -67,6 +70,9 @@ class LotkaVolterraConfig(_Strict):
     dt: float = Field(0.01, gt=0)
     augmented: bool = Field(False, description="estimate log-parameters as augmented state")
     param_spread: float = Field(0.1, ge=0, description="std of initial log-parameter guesses")
+    param_bias: _Finite | Annotated[list[_Finite], Field(min_length=4, max_length=4)] = Field(
+        0.0, description="offset of the mean initial log-parameter guess from the truth (one "
+                         "value, or 4: alpha, beta, gamma, delta)")
 
 
 ModelConfig = Annotated[Lorenz96Config | ShallowWaterConfig | LotkaVolterraConfig,
@@ -167,17 +173,19 @@ class OutputConfig(_Strict):
 class Case(_Strict):
     """One experiment: model, observations, ensemble, filter, length and output."""
 
-    name: str = Field(..., min_length=1, pattern=r"^[A-Za-z0-9_.-]+$")
-    description: str = ""
-    seed: int = Field(0, ge=0)
-    model: ModelConfig
-    observations: ObservationsConfig = ObservationsConfig()
-    ensemble: EnsembleConfig = EnsembleConfig()
-    filter: FilterConfig = FilterConfig()
+    name: str = Field(..., min_length=1, pattern=r"^[A-Za-z0-9_.-]+$",
+                      description="case name (the file stem); letters, digits, _ . -")
+    description: str = Field("", description="what the case shows (stored in the output)")
+    seed: int = Field(0, ge=0, description="seed of truth, observations, ensemble and filter")
+    model: ModelConfig = Field(..., description="the dynamical system (`system:` picks it)")
+    observations: ObservationsConfig = Field(ObservationsConfig(),
+                                             description="observation network")
+    ensemble: EnsembleConfig = Field(EnsembleConfig(), description="initial ensemble")
+    filter: FilterConfig = Field(FilterConfig(), description="analysis method")
     cycles: int = Field(..., ge=1, description="number of analysis cycles")
     burn_in: int = Field(0, ge=0, description="cycles left out of the summary")
     spinup_steps: int | None = Field(None, ge=0, description="truth spin-up (model default)")
-    output: OutputConfig = OutputConfig()
+    output: OutputConfig = Field(OutputConfig(), description="store and what it holds")
     expected: dict[str, float] = Field(default_factory=dict,
                                        description="numbers this case reaches (documentation)")
 
@@ -316,3 +324,60 @@ def case_description(path: str | os.PathLike) -> str:
         if s:
             break
     return ""
+
+
+_REFERENCE_SECTIONS: list[tuple[str, type[BaseModel]]] = [
+    ("case (top level)", Case),
+    ("model: lorenz96", Lorenz96Config),
+    ("model: shallow_water", ShallowWaterConfig),
+    ("model: lotka_volterra", LotkaVolterraConfig),
+    ("observations", ObservationsConfig),
+    ("observations.operator", OperatorConfig),
+    ("ensemble", EnsembleConfig),
+    ("filter", FilterConfig),
+    ("output", OutputConfig),
+]
+
+
+def _type_name(annotation: Any) -> str:
+    text = str(annotation).replace("typing.", "")
+    for prefix in ("<class '", "'>"):
+        text = text.replace(prefix, "")
+    return text.replace("latentda.config.", "").replace("|", "or")
+
+
+def case_reference_markdown() -> str:
+    """The case-file reference (``docs/cases.md``), generated from this schema."""
+    lines = [
+        "# Case-file reference",
+        "",
+        "Generated from the pydantic schema in `latentda/config.py` by",
+        "`python -c \"from latentda.config import write_case_reference; "
+        "write_case_reference()\"`; do not edit by hand.",
+        "",
+        "A case is a YAML file. Unknown keys are errors; every invalid field is reported",
+        "with its dotted name (`observations.operator.k`) before any work starts.",
+        "`latentda cases` lists the shipped cases with their first comment line.",
+    ]
+    for title, model in _REFERENCE_SECTIONS:
+        lines += ["", f"## {title}", "", (model.__doc__ or "").strip().splitlines()[0], "",
+                  "| field | type | default | meaning |", "|---|---|---|---|"]
+        for name, f in model.model_fields.items():
+            default = "required" if f.is_required() else repr(
+                f.default_factory() if f.default_factory else f.default)
+            if name in ("model", "observations", "ensemble", "filter", "output") \
+                    and model is Case:
+                default = "see below" if name != "model" else "required"
+            typ = _type_name(f.annotation)
+            if len(typ) > 60:
+                typ = "see below"
+            desc = (f.description or "").replace("|", "/")
+            lines.append(f"| `{name}` | {typ} | {default} | {desc} |")
+    return "\n".join(lines) + "\n"
+
+
+def write_case_reference(path: str | os.PathLike = "docs/cases.md") -> Path:
+    """Write the generated case-file reference."""
+    p = Path(path)
+    p.write_text(case_reference_markdown())
+    return p

@@ -47,6 +47,15 @@ SCALARS: dict[str, tuple[str, str]] = {
 }
 
 
+#: per-component skill written every cycle: name -> long_name
+COMPONENT_SCALARS: dict[str, str] = {
+    "rmse_forecast_by_component": "RMSE of the forecast mean per state component",
+    "rmse_analysis_by_component": "RMSE of the analysis mean per state component",
+    "spread_forecast_by_component": "forecast ensemble spread per state component",
+    "spread_analysis_by_component": "analysis ensemble spread per state component",
+}
+
+
 @dataclass
 class CycleRecord:
     """What one analysis produced: scalars and fields of one cycle."""
@@ -59,6 +68,7 @@ class CycleRecord:
     analysis: np.ndarray
     truth: np.ndarray | None
     obs_value: np.ndarray
+    by_component: dict[str, np.ndarray] = field(default_factory=dict)
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -120,6 +130,7 @@ class Cycle:
         self.blas_threads = (1 if E.shape[0] <= 256 else None) if blas_threads == -1 else (
             blas_threads)
         self._obs_loc = operator.locations(model.state_locations())
+        self.components = model.components()
 
     def __repr__(self) -> str:
         return (f"Cycle({self.model!r}, {self.filter!r}, {self.space!r}, N={self.N}, "
@@ -215,12 +226,23 @@ class Cycle:
         self.E = Ea
         rec = CycleRecord(time=self.t, scalars=scalars, obs_valid=int(valid.sum()),
                           rank_histogram=ranks, forecast=Ef, analysis=Ea, truth=truth,
-                          obs_value=y)
+                          obs_value=y, by_component=self._by_component(Ef, Ea, truth))
         self.last = rec
         self.cycle_index += 1
         if self.writer is not None:
             self.writer.write(rec.time, **self.output_values(rec))
         return rec
+
+    def _by_component(self, Ef: np.ndarray, Ea: np.ndarray,
+                      truth: np.ndarray | None) -> dict[str, np.ndarray]:
+        out = {k: np.full(len(self.components), np.nan) for k in COMPONENT_SCALARS}
+        for c, (_, idx) in enumerate(self.components):
+            out["spread_forecast_by_component"][c] = dg.spread(Ef[:, idx])
+            out["spread_analysis_by_component"][c] = dg.spread(Ea[:, idx])
+            if truth is not None:
+                out["rmse_forecast_by_component"][c] = dg.rmse(Ef[:, idx].mean(0), truth[idx])
+                out["rmse_analysis_by_component"][c] = dg.rmse(Ea[:, idx].mean(0), truth[idx])
+        return out
 
     # ------------------------------------------------------------------ output
 
@@ -238,6 +260,7 @@ class Cycle:
             "analysis_std": rec.analysis.std(axis=0, ddof=1),
             "rank_histogram": rec.rank_histogram,
             **{k: np.float64(v) for k, v in rec.scalars.items()},
+            **rec.by_component,
         }
         if self.store_ensemble:
             out["forecast"] = rec.forecast
@@ -277,7 +300,7 @@ class Cycle:
         dict
             Time series of every scalar diagnostic (name -> (K,) array) and ``time``.
         """
-        series: dict[str, list[float]] = {k: [] for k in SCALARS}
+        series: dict[str, list] = {k: [] for k in (*SCALARS, *COMPONENT_SCALARS)}
         times: list[float] = []
         it = self.iterate(stream)
         if progress:
@@ -289,6 +312,8 @@ class Cycle:
             for rec in it:
                 times.append(rec.time)
                 for k, v in rec.scalars.items():
+                    series[k].append(v)
+                for k, v in rec.by_component.items():
                     series[k].append(v)
                 if callback is not None:
                     callback(rec)
@@ -316,6 +341,8 @@ def output_variables(store_ensemble: bool) -> list[tuple[str, tuple[str, ...], s
           "units": "1"}),
     ]
     out += [(k, (), "float64", {"long_name": ln, "units": u}) for k, (ln, u) in SCALARS.items()]
+    out += [(k, ("component",), "float64", {"long_name": ln, "units": mu})
+            for k, ln in COMPONENT_SCALARS.items()]
     if store_ensemble:
         out += [
             ("forecast", ("member", "state"), "float64",

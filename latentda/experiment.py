@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -52,7 +53,8 @@ def build_model(mc: cfg.ModelConfig) -> Dynamics:
     from latentda.dynamics.lotka_volterra import LotkaVolterra
 
     return LotkaVolterra(alpha=mc.alpha, beta=mc.beta, gamma=mc.gamma, delta=mc.delta, dt=mc.dt,
-                         augmented=mc.augmented, param_spread=mc.param_spread)
+                         augmented=mc.augmented, param_spread=mc.param_spread,
+                         param_bias=mc.param_bias)
 
 
 def build_operator(case: cfg.Case, n: int) -> ObservationOperator:
@@ -196,6 +198,10 @@ def make_writer(p: Prepared, overwrite: bool) -> RunWriter:
                   {"long_name": "state variable index", "units": "1"}),
         **model.state_coords(),
         **obs_coords(model, p.operator),
+        "component": ("component", np.arange(len(model.components()), dtype=np.int32), {
+            "long_name": "state component (variables sharing units)", "units": "1",
+            "flag_values": list(range(len(model.components()))),
+            "flag_meanings": " ".join(nm for nm, _ in model.components())}),
     }
     if len(set(np.round(np.diff(p.stream.variances, axis=0), 15).ravel())) <= 1:
         coords["obs_error_var"] = ("obs", p.stream.variances[0], {
@@ -222,13 +228,21 @@ def make_writer(p: Prepared, overwrite: bool) -> RunWriter:
                      overwrite=overwrite)
 
 
-def summarize(series: dict[str, np.ndarray], burn_in: int) -> dict[str, float]:
-    """Time means of the scalar diagnostics after ``burn_in`` cycles."""
-    out: dict[str, float] = {}
+def summarize(series: dict[str, np.ndarray], burn_in: int) -> dict[str, Any]:
+    """Time means of the diagnostics after ``burn_in`` cycles.
+
+    Scalars map to floats; per-component series (``*_by_component``) to lists.
+    """
+    out: dict[str, Any] = {}
     for k, v in series.items():
         if k == "time":
             continue
         tail = np.asarray(v[burn_in:], dtype=np.float64)
+        if tail.ndim == 2:  # per component: one mean per column
+            with np.errstate(all="ignore"), warnings.catch_warnings():
+                warnings.simplefilter("ignore", RuntimeWarning)
+                out[k] = np.nanmean(tail, axis=0).tolist()
+            continue
         out[k] = float(np.nanmean(tail)) if np.isfinite(tail).any() else float("nan")
     if np.isfinite(out.get("rmse_analysis", np.nan)) and out["rmse_analysis"] > 0:
         out["spread_rmse_ratio"] = out["spread_analysis"] / out["rmse_analysis"]
@@ -237,7 +251,7 @@ def summarize(series: dict[str, np.ndarray], burn_in: int) -> dict[str, float]:
 
 
 def run_case(case: cfg.Case, *, store: str | os.PathLike | None = None, overwrite: bool = False,
-             write: bool = True, progress: bool = False) -> tuple[dict[str, float], Path | None]:
+             write: bool = True, progress: bool = False) -> tuple[dict[str, Any], Path | None]:
     """Run a validated case end to end.
 
     Returns
@@ -258,6 +272,10 @@ def run_case(case: cfg.Case, *, store: str | os.PathLike | None = None, overwrit
             writer.close(status=f"failed: {type(exc).__name__}: {exc}")
         raise
     summary = summarize(series, case.burn_in)
+    for c, (name, _) in enumerate(p.model.components()):
+        if len(p.model.components()) > 1:
+            summary[f"rmse_analysis_{name}"] = summary["rmse_analysis_by_component"][c]
+            summary[f"spread_analysis_{name}"] = summary["spread_analysis_by_component"][c]
     if writer is not None:
         writer.close(status="complete")
     return summary, p.store

@@ -105,3 +105,19 @@ def test_help_describes_defaults(capsys):
         main(["run", "--help"])
     out = capsys.readouterr().out
     assert "--overwrite" in out and "default" in out
+
+
+def test_case_reference_doc_is_current():
+    from latentda.config import case_reference_markdown
+
+    doc = (ROOT / "docs" / "cases.md").read_text()
+    assert doc == case_reference_markdown(), (
+        "docs/cases.md is stale: python -c 'from latentda.config import write_case_reference; "
+        "write_case_reference()'")
+
+
+def test_benchmark_tables_are_current():
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    import make_tables
+
+    assert make_tables.main(["--check"]) == 0

@@ -67,6 +67,24 @@ class Dynamics(ABC):
         """Periods of the domain along each of the ``D`` location axes (None: not periodic)."""
         return None
 
+    def components(self) -> list[tuple[str, np.ndarray]]:
+        """Named groups of state indices that share units (e.g. ``h``, ``u``, ``v``).
+
+        Taken from a categorical state coordinate (one with ``flag_meanings``),
+        else one group ``state`` holding every variable. Skill scores are also
+        reported per component, so that variables of different units are not
+        only mixed in one RMSE.
+        """
+        for _name, (dim, values, attrs) in self.state_coords().items():
+            if dim == "state" and "flag_meanings" in attrs:
+                names = str(attrs["flag_meanings"]).split()
+                codes = list(attrs.get("flag_values", range(len(names))))
+                values = np.asarray(values)
+                pairs = zip(names, codes, strict=False)
+                return [(nm, np.flatnonzero(values == code)) for nm, code in pairs
+                        if np.any(values == code)]
+        return [("state", np.arange(self.state_dim))]
+
     def climatology(self, N: int, rng: np.random.Generator, spinup_steps: int | None = None,
                     ) -> np.ndarray:
         """Draw ``N`` independent states from the spun-up climatology.

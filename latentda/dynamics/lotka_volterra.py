@@ -25,6 +25,8 @@ scalar arithmetic, so a member's trajectory does not depend on the batch it sits
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import numpy as np
 from numba import njit
 
@@ -110,6 +112,10 @@ class LotkaVolterra(Dynamics):
     param_spread : float
         Standard deviation of the log-parameters around the true ones in
         :meth:`random_state` when augmented (>= 0).
+    param_bias : float or sequence of 4 floats
+        Offset of the mean of those log-parameter draws from the true log-parameters
+        (one value for all four rates, or one per rate in the order alpha, beta,
+        gamma, delta), so a filter can start from a wrong prior guess. Default 0.
     """
 
     name = "lotka_volterra"
@@ -117,7 +123,8 @@ class LotkaVolterra(Dynamics):
 
     def __init__(self, alpha: float = 1.0, beta: float = 0.1, gamma: float = 1.5,
                  delta: float = 0.075, dt: float = 0.01, augmented: bool = False,
-                 state_spread: float = 0.3, param_spread: float = 0.1) -> None:
+                 state_spread: float = 0.3, param_spread: float = 0.1,
+                 param_bias: float | Sequence[float] = 0.0) -> None:
         self.alpha = check_float("alpha", alpha, positive=True)
         self.beta = check_float("beta", beta, positive=True)
         self.gamma = check_float("gamma", gamma, positive=True)
@@ -128,6 +135,14 @@ class LotkaVolterra(Dynamics):
         self.augmented = bool(augmented)
         self.state_spread = check_float("state_spread", state_spread, nonnegative=True)
         self.param_spread = check_float("param_spread", param_spread, nonnegative=True)
+        try:
+            bias = np.asarray(param_bias, dtype=np.float64)
+        except (TypeError, ValueError):
+            bias = np.array(np.nan)
+        if bias.shape not in ((), (4,)) or not np.all(np.isfinite(bias)):
+            raise ValueError("param_bias must be a finite number or 4 finite numbers (offsets of "
+                             f"log alpha, log beta, log gamma, log delta) (got {param_bias!r})")
+        self.param_bias = np.broadcast_to(bias, (4,)).copy()
 
     def __repr__(self) -> str:
         return (f"LotkaVolterra(alpha={self.alpha}, beta={self.beta}, gamma={self.gamma}, "
@@ -239,7 +254,7 @@ class LotkaVolterra(Dynamics):
         """Lognormal populations around the equilibrium; log-params around the truth.
 
         Populations are ``equilibrium * exp(state_spread * z)``; when augmented the
-        log-parameters are ``true_log_params + param_spread * z``
+        log-parameters are ``true_log_params + param_bias + param_spread * z``
         (``z`` standard normal, independent).
 
         Returns
@@ -250,7 +265,8 @@ class LotkaVolterra(Dynamics):
         pops = self.equilibrium * np.exp(self.state_spread * rng.standard_normal((N, 2)))
         if not self.augmented:
             return pops
-        logp = self.true_log_params + self.param_spread * rng.standard_normal((N, 4))
+        logp = (self.true_log_params + self.param_bias
+                + self.param_spread * rng.standard_normal((N, 4)))
         return np.ascontiguousarray(np.concatenate([pops, logp], axis=1))
 
     def state_coords(self) -> dict[str, tuple[str, np.ndarray, dict]]:

@@ -16,6 +16,7 @@ take a :class:`Geometry`.
 
 from __future__ import annotations
 
+from latentda.filters.adaptive import AdaptiveETKF
 from latentda.filters.base import AnalysisResult, EnsembleFilter, Geometry, Observation
 from latentda.filters.enkf import EnKF
 from latentda.filters.enkf_n import EnKF_N
@@ -29,6 +30,7 @@ FILTERS: dict[str, type[EnsembleFilter]] = {
     "ETKF": ETKF,
     "LETKF": LETKF,
     "EnKF_N": EnKF_N,
+    "AdaptiveETKF": AdaptiveETKF,
 }
 
 __all__ = [
@@ -40,6 +42,7 @@ __all__ = [
     "ETKF",
     "LETKF",
     "EnKF_N",
+    "AdaptiveETKF",
     "FILTERS",
     "gaspari_cohn",
     "periodic_distance",

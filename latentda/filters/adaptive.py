@@ -66,7 +66,7 @@ class AdaptiveETKF(EnsembleFilter):
         Variance ``v_b`` of the Gaussian prior on the inflation at each cycle
         (Miyoshi 2011: 0.04^2); larger adapts faster and noisier.
     min_rho, max_rho : float
-        Bounds of the covariance inflation.
+        Bounds of the covariance inflation (``min_rho`` below 1 allows deflation).
     inflation : float
         Extra fixed post-analysis inflation of the anomalies (default 1: none).
     """
@@ -81,7 +81,7 @@ class AdaptiveETKF(EnsembleFilter):
         super()._validate_params()
         self.rho0 = check_float("rho0", self.rho0, min_value=1.0)
         self.prior_var = check_float("prior_var", self.prior_var, positive=True)
-        self.min_rho = check_float("min_rho", self.min_rho, min_value=1.0)
+        self.min_rho = check_float("min_rho", self.min_rho, positive=True)
         self.max_rho = check_float("max_rho", self.max_rho, min_value=self.min_rho)
         if not np.isfinite(self.rho):
             self.rho = min(max(self.rho0, self.min_rho), self.max_rho)

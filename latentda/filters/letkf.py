@@ -8,7 +8,7 @@ from typing import Any
 
 import numpy as np
 
-from latentda._validate import check_float
+from latentda._validate import check_float, check_int
 from latentda.filters.base import (
     EnsembleFilter,
     Geometry,
@@ -115,6 +115,101 @@ def _local_plan(key: tuple[Any, ...], geometry: Geometry, obs_loc: np.ndarray, r
                       group_size=group_size, untouched=np.flatnonzero(var_pos < 0))
 
 
+#: how weights are carried from the analysis points to the variables
+WEIGHT_INTERPOLATIONS = ("linear", "nearest")
+
+
+@dataclass
+class _WeightMap:
+    """Analysis points of the weight interpolation and how variables use them.
+
+    ``points`` is a product lattice (``P`` rows); ``plan`` localizes its points
+    (one group each); variable ``v`` is analysed with the transform
+    ``sum_c coef[v, c] * W[corner[v, c]]``.
+    """
+
+    key: tuple[Any, ...]
+    points: np.ndarray  # (P, D) analysis points
+    plan: _LocalPlan  # localization plan of the analysis points
+    corner: np.ndarray  # (d, C) analysis point indices of each variable
+    coef: np.ndarray  # (d, C) interpolation coefficients (each row sums to 1)
+
+
+def _axis_lattice(name: str, x: np.ndarray, x0: float, period: float, stride: int,
+                  ) -> np.ndarray:
+    """Every ``stride``-th distinct value of ``x``, on the lattice through ``x0``.
+
+    A non-periodic axis also gets its first and last values (no extrapolation).
+    """
+    vals = np.unique(x)
+    if math.isfinite(period) and vals[-1] - vals[0] >= period:
+        raise ValueError(f"weight_stride needs the {name} coordinates to lie within one "
+                         f"period ({period:g}; they span {vals[-1] - vals[0]:g})")
+    r0 = int(np.searchsorted(vals, x0))
+    c = vals[r0 % stride::stride]
+    if not math.isfinite(period):
+        if c[0] != vals[0]:
+            c = np.concatenate(([vals[0]], c))
+        if c[-1] != vals[-1]:
+            c = np.concatenate((c, [vals[-1]]))
+    return c
+
+
+def _axis_brackets(x: np.ndarray, c: np.ndarray, period: float,
+                   ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Lattice neighbours ``lo, hi`` (indices into ``c``) of ``x`` and the weight of ``hi``."""
+    n = c.size
+    k = np.searchsorted(c, x, side="right") - 1  # c[k] <= x < c[k + 1]
+    if math.isfinite(period):
+        lo_i, hi_i = k % n, (k + 1) % n
+        lo = np.where(k >= 0, c[lo_i], c[-1] - period)
+        hi = np.where(k + 1 < n, c[hi_i], c[0] + period)
+    else:
+        if n == 1:
+            z = np.zeros(x.size, dtype=np.intp)
+            return z, z, np.zeros(x.size)
+        k = np.clip(k, 0, n - 2)
+        lo_i, hi_i = k, k + 1
+        lo, hi = c[lo_i], c[hi_i]
+    t = np.clip((x - lo) / (hi - lo), 0.0, 1.0)
+    return lo_i.astype(np.intp), hi_i.astype(np.intp), t
+
+
+def _weight_map(key: tuple[Any, ...], geometry: Geometry, obs_loc: np.ndarray, radius: float,
+                taper: str, stride: int, interp: str) -> _WeightMap:
+    loc = geometry.locations
+    d, D = loc.shape
+    period = geometry.period if geometry.period is not None else (math.inf,) * D
+    axes = [_axis_lattice(f"axis-{a}", loc[:, a], loc[0, a], period[a], stride)
+            for a in range(D)]
+    shape = tuple(c.size for c in axes)
+    P = math.prod(shape)
+    n_unique = np.unique(loc, axis=0).shape[0]
+    if P > n_unique:
+        raise ValueError(f"weight_stride={stride} gives {P} analysis points, more than the "
+                         f"{n_unique} distinct variable locations: the locations are not on a "
+                         f"grid; use a larger weight_stride, or None")
+    grids = np.meshgrid(*axes, indexing="ij")
+    points = np.column_stack([g.ravel() for g in grids])
+    # per-axis neighbours, then the 2^D (linear) or 1 (nearest) corners of each variable
+    per_axis = []
+    for a in range(D):
+        lo, hi, t = _axis_brackets(loc[:, a], axes[a], period[a])
+        if interp == "nearest":
+            per_axis.append([(np.where(t <= 0.5, lo, hi), np.ones(d))])
+        else:
+            per_axis.append([(lo, 1.0 - t), (hi, t)])
+    corners, coefs = [], []
+    for combo in np.ndindex(*(len(pa) for pa in per_axis)):
+        idx = tuple(per_axis[a][j][0] for a, j in enumerate(combo))
+        corners.append(np.ravel_multi_index(idx, shape))
+        coefs.append(np.prod([per_axis[a][j][1] for a, j in enumerate(combo)], axis=0))
+    plan = _local_plan(("points",), Geometry(points, geometry.period), obs_loc, radius, taper)
+    return _WeightMap(key=key, points=points, plan=plan,
+                      corner=np.ascontiguousarray(np.column_stack(corners)),
+                      coef=np.ascontiguousarray(np.column_stack(coefs)))
+
+
 @dataclass
 class LETKF(EnsembleFilter):
     """Local ETKF (Hunt et al. 2007), vectorized over state variables.
@@ -134,6 +229,25 @@ class LETKF(EnsembleFilter):
     With ``radius=None`` or ``inf`` every variable uses every observation with
     weight 1 and the result equals the :class:`ETKF` to round-off.
 
+    **Weight interpolation** (Yang, Kalnay, Hunt & Bowler 2009). With
+    ``weight_stride = s > 1`` the local transforms ``W`` (mean and perturbation
+    weights together) are computed only at *analysis points*, a product lattice
+    made of every ``s``-th distinct coordinate value of the variable locations
+    along each axis, starting from the coordinates of variable 0 (a non-periodic
+    axis also keeps its two end values). Each variable then uses the multilinear
+    interpolation of the transforms of the ``2^D`` lattice points around it
+    (``weight_interp="linear"``, periodic wrap along periodic axes) or those of
+    the nearest one (``"nearest"``, ties to the lower lattice point). A variable
+    located *on* an analysis point gets exactly the LETKF analysis. The cost of
+    the eigenproblems falls by the ratio of variable locations to analysis
+    points; the ``(P, N, N)`` transforms of the ``P`` analysis points are held in
+    memory. Distinct values count interleaved staggered positions separately: on
+    the shallow-water C-grid (``h``, ``u``, ``v`` half a cell apart)
+    ``weight_stride=2`` puts the analysis points on every ``h`` point and ``4``
+    on every second ``h`` point in each direction. The weights vary on the scale
+    of the localization radius, so a lattice spacing of a fraction of the radius
+    changes the analysis little (measure it).
+
     Parameters
     ----------
     radius : float or None
@@ -142,18 +256,38 @@ class LETKF(EnsembleFilter):
         Taper name; ``"gaspari_cohn"``.
     inflation : float
         Post-analysis multiplicative inflation, >= 1 (applied to every variable).
+    weight_stride : int or None
+        ``None`` or 1: the exact LETKF (weights at every variable location);
+        ``s >= 2``: weight interpolation from every ``s``-th lattice point (see above).
+        Ignored without localization.
+    weight_interp : {"linear", "nearest"}
+        How transforms are carried from the analysis points to the variables.
 
     Examples
     --------
     >>> LETKF(4.0, inflation=1.02)
     LETKF(inflation=1.02, radius=4.0, taper='gaspari_cohn')
+    >>> LETKF(150e3, weight_stride=4)
+    LETKF(inflation=1.0, radius=150000.0, taper='gaspari_cohn', weight_stride=4)
     """
 
     radius: float | None
     taper: str = "gaspari_cohn"
+    weight_stride: int | None = None
+    weight_interp: str = "linear"
     _plan: _LocalPlan | None = field(default=None, init=False, repr=False, compare=False)
+    _wmap: _WeightMap | None = field(default=None, init=False, repr=False, compare=False)
     #: "ens" / "obs" forces the local eigenproblem's space (testing); None: the smaller
     _form: str | None = field(default=None, init=False, repr=False, compare=False)
+
+    def __repr__(self) -> str:
+        text = (f"LETKF(inflation={self.inflation!r}, radius={self.radius!r}, "
+                f"taper={self.taper!r}")
+        if self.weight_stride is not None:
+            text += f", weight_stride={self.weight_stride!r}"
+        if self.weight_interp != "linear":
+            text += f", weight_interp={self.weight_interp!r}"
+        return text + ")"
 
     def _validate_params(self) -> None:
         super()._validate_params()
@@ -166,11 +300,21 @@ class LETKF(EnsembleFilter):
             self.radius = float(r) if math.isinf(r) else check_float("radius", r, positive=True)
         if self.taper not in TAPERS:
             raise ValueError(f"taper must be one of {sorted(TAPERS)} (got {self.taper!r})")
+        if self.weight_stride is not None:
+            self.weight_stride = check_int("weight_stride", self.weight_stride, min_value=1)
+        if self.weight_interp not in WEIGHT_INTERPOLATIONS:
+            raise ValueError(f"weight_interp must be one of {list(WEIGHT_INTERPOLATIONS)} "
+                             f"(got {self.weight_interp!r})")
 
     @property
     def is_global(self) -> bool:
         """True when no localization is applied (radius None or inf)."""
         return self.radius is None or math.isinf(self.radius)
+
+    @property
+    def interpolates(self) -> bool:
+        """True when transforms are computed at analysis points and interpolated."""
+        return not self.is_global and self.weight_stride is not None and self.weight_stride > 1
 
     def _check_call(self, E: np.ndarray, obs: Observation, geometry: Geometry | None) -> None:
         super()._check_call(E, obs, geometry)
@@ -186,6 +330,18 @@ class LETKF(EnsembleFilter):
         if D_x != D_y:
             raise ValueError(f"obs.locations must have as many axes as geometry.locations "
                              f"({D_x}; got {D_y})")
+        if self.interpolates:
+            self.weight_map(obs, geometry)  # lattice errors before h is evaluated
+
+    def _local_key(self, obs: Observation, geometry: Geometry) -> tuple[Any, ...]:
+        return ("local", self.radius, self.taper, geometry.period,
+                geometry.locations.copy(), obs.locations.copy())
+
+    @staticmethod
+    def _key_matches(key: tuple[Any, ...], new: tuple[Any, ...]) -> bool:
+        return (len(key) == len(new) and key[0] == new[0]
+                and all(np.array_equal(a, b) if isinstance(a, np.ndarray) else a == b
+                        for a, b in zip(key[1:], new[1:], strict=True)))
 
     def plan(self, d: int, obs: Observation, geometry: Geometry | None) -> _LocalPlan:
         """Return the (cached) localization plan for ``d`` variables and ``obs``."""
@@ -202,33 +358,36 @@ class LETKF(EnsembleFilter):
                 and np.array_equal(p.key[4], geometry.locations)
                 and np.array_equal(p.key[5], obs.locations)):
             return p
-        key = ("local", self.radius, self.taper, geometry.period,
-               geometry.locations.copy(), obs.locations.copy())
+        key = self._local_key(obs, geometry)
         assert self.radius is not None
         self._plan = _local_plan(key, geometry, obs.locations, self.radius, self.taper)
         return self._plan
 
-    def _analyse(self, E: np.ndarray, HE: np.ndarray, obs: Observation,
-                 rng: np.random.Generator | None, geometry: Geometry | None,
-                 ) -> tuple[np.ndarray, dict[str, float]]:
-        N, d = E.shape
-        N1 = N - 1.0
-        plan = self.plan(d, obs, geometry)
-        infl = self.inflation
-        xbar = E.mean(axis=0)
-        A = E - xbar
-        Yw, dyw = whitened_innovations(HE, obs)
-        YwT = np.ascontiguousarray(Yw.T)  # (m, N)
-        Ea = np.empty_like(E)
-        if plan.untouched.size:
-            u = plan.untouched
-            Ea[:, u] = E[:, u] if infl == 1.0 else xbar[u] + infl * A[:, u]
+    def weight_map(self, obs: Observation, geometry: Geometry) -> _WeightMap:
+        """Return the (cached) analysis points and interpolation of ``weight_stride``."""
+        assert obs.locations is not None and self.radius is not None
+        wm = self._wmap
+        if (wm is not None and wm.key[0] == "points" and wm.key[1] == self.radius
+                and wm.key[2] == self.taper and wm.key[3] == geometry.period
+                and wm.key[4] == self.weight_stride and wm.key[5] == self.weight_interp
+                and np.array_equal(wm.key[6], geometry.locations)
+                and np.array_equal(wm.key[7], obs.locations)):
+            return wm
+        assert self.weight_stride is not None
+        key = ("points", self.radius, self.taper, geometry.period, self.weight_stride,
+               self.weight_interp, geometry.locations.copy(), obs.locations.copy())
+        self._wmap = _weight_map(key, geometry, obs.locations, self.radius, self.taper,
+                                 self.weight_stride, self.weight_interp)
+        return self._wmap
+
+    def _group_transforms(self, plan: _LocalPlan, YwT: np.ndarray, dyw: np.ndarray,
+                          N: int) -> list[tuple[int, int, np.ndarray]]:
+        """``(g0, g1, W)`` for batches of the plan's active groups (bounded memory)."""
         Ga = plan.counts.size
-        f = plan.group_size
-        smax = plan.max_group
         kmax = int(plan.counts[-1]) if Ga else 0
+        f = plan.group_size
         per_var = 2 * N if f is not None else N * N + 2 * N
-        per_group = 8 * (4 * N * N + 2 * N * kmax + smax * per_var)
+        per_group = 8 * (4 * N * N + 2 * N * kmax + plan.max_group * per_var)
         step = max(1, _CHUNK_BYTES // per_group)
         for g0 in range(0, Ga, step):
             g1 = min(Ga, g0 + step)
@@ -238,7 +397,28 @@ class LETKF(EnsembleFilter):
             Yl = YwT[idx]  # (G, K, N)
             Yl *= sw[:, :, None]
             dl = dyw[idx] * sw  # (G, K)
-            W = batched_transforms(Yl.transpose(0, 2, 1), dl, N1, infl, self._form)
+            yield g0, g1, batched_transforms(Yl.transpose(0, 2, 1), dl, N - 1.0,
+                                             self.inflation, self._form)
+
+    def _analyse(self, E: np.ndarray, HE: np.ndarray, obs: Observation,
+                 rng: np.random.Generator | None, geometry: Geometry | None,
+                 ) -> tuple[np.ndarray, dict[str, float]]:
+        N, d = E.shape
+        infl = self.inflation
+        xbar = E.mean(axis=0)
+        A = E - xbar
+        Yw, dyw = whitened_innovations(HE, obs)
+        YwT = np.ascontiguousarray(Yw.T)  # (m, N)
+        if self.interpolates:
+            assert geometry is not None
+            return self._analyse_interpolated(A, xbar, YwT, dyw, obs, geometry)
+        plan = self.plan(d, obs, geometry)
+        Ea = np.empty_like(E)
+        if plan.untouched.size:
+            u = plan.untouched
+            Ea[:, u] = E[:, u] if infl == 1.0 else xbar[u] + infl * A[:, u]
+        f = plan.group_size
+        for g0, g1, W in self._group_transforms(plan, YwT, dyw, N):
             v0, v1 = plan.vptr[g0], plan.vptr[g1]
             vars_ = plan.vars_sorted[v0:v1]
             if f is not None:
@@ -249,3 +429,27 @@ class LETKF(EnsembleFilter):
                 out = np.matmul(Wv, A[:, vars_].T[:, :, None])[:, :, 0].T
             Ea[:, vars_] = out + xbar[vars_]
         return Ea, {"inflation": infl, "mean_local_obs": plan.mean_local_obs}
+
+    def _analyse_interpolated(self, A: np.ndarray, xbar: np.ndarray, YwT: np.ndarray,
+                              dyw: np.ndarray, obs: Observation, geometry: Geometry,
+                              ) -> tuple[np.ndarray, dict[str, float]]:
+        N, d = A.shape
+        wm = self.weight_map(obs, geometry)
+        plan = wm.plan
+        P = wm.points.shape[0]
+        Wp = np.zeros((P, N, N))  # transforms at the analysis points; no obs: infl * I
+        Wp.reshape(P, N * N)[:, :: N + 1] = self.inflation
+        for g0, g1, W in self._group_transforms(plan, YwT, dyw, N):
+            Wp[plan.vars_sorted[plan.vptr[g0]:plan.vptr[g1]]] = W  # one point per group
+        C = wm.corner.shape[1]
+        Ea = np.empty_like(A)
+        step = max(1, _CHUNK_BYTES // (8 * (2 * N * N + 2 * N)))
+        for v0 in range(0, d, step):
+            v1 = min(d, v0 + step)
+            Wv = Wp[wm.corner[v0:v1, 0]] * wm.coef[v0:v1, 0, None, None]
+            for c in range(1, C):
+                Wv += Wp[wm.corner[v0:v1, c]] * wm.coef[v0:v1, c, None, None]
+            out = np.matmul(Wv, A[:, v0:v1].T[:, :, None])[:, :, 0].T
+            Ea[:, v0:v1] = out + xbar[v0:v1]
+        return Ea, {"inflation": self.inflation, "mean_local_obs": plan.mean_local_obs,
+                    "analysis_points": float(P)}
