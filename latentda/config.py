@@ -150,6 +150,9 @@ class FilterConfig(_Strict):
     radius: float | None = Field(None, gt=0, description="letkf: Gaspari-Cohn half-width")
     prior_var: float = Field(0.04**2, gt=0, description="etkf_adaptive: variance of the "
                                                           "inflation prior per cycle")
+    weight_stride: int | None = Field(
+        None, ge=1, description="letkf: compute the local weights on every weight_stride-th "
+                                "distinct location per axis and interpolate them (None/1: exact)")
 
     @model_validator(mode="after")
     def _radius_for_letkf(self) -> FilterConfig:
@@ -159,6 +162,9 @@ class FilterConfig(_Strict):
         if self.method != "letkf" and self.radius is not None:
             raise ValueError(f"radius only applies to method letkf (method is {self.method}); "
                              "remove it")
+        if self.method != "letkf" and self.weight_stride is not None:
+            raise ValueError(f"weight_stride only applies to method letkf (method is "
+                             f"{self.method}); remove it")
         return self
 
 

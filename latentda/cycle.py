@@ -212,21 +212,23 @@ class Cycle:
             scalars["inflation"] = float(res.info.get("inflation", self.filter.inflation))
         else:
             Ea = Ef.copy()
-        scalars["spread_forecast"] = dg.spread(Ef)
-        scalars["spread_analysis"] = dg.spread(Ea)
         if truth is not None:
             truth = np.asarray(truth, dtype=np.float64)
-            scalars["rmse_forecast"] = dg.rmse(Ef.mean(axis=0), truth)
-            scalars["rmse_analysis"] = dg.rmse(Ea.mean(axis=0), truth)
-            scalars["crps_forecast"] = dg.crps(Ef, truth)
-            scalars["crps_analysis"] = dg.crps(Ea, truth)
-            ranks = dg.rank_histogram(Ef, truth)
-        else:
-            ranks = np.zeros(self.N + 1, dtype=np.int64)
+        fs = dg.ensemble_summary(Ef, truth)
+        an = dg.ensemble_summary(Ea, truth)
+        scalars.update(spread_forecast=fs.spread, spread_analysis=an.spread,
+                       rmse_forecast=fs.rmse, rmse_analysis=an.rmse,
+                       crps_forecast=fs.crps, crps_analysis=an.crps)
+        ranks = fs.ranks
         self.E = Ea
+        by_comp = self._by_component(Ef, Ea, truth)
+        if len(self.components) == 1:
+            for k in COMPONENT_SCALARS:
+                by_comp[k][0] = scalars[k.removesuffix("_by_component")]
         rec = CycleRecord(time=self.t, scalars=scalars, obs_valid=int(valid.sum()),
                           rank_histogram=ranks, forecast=Ef, analysis=Ea, truth=truth,
-                          obs_value=y, by_component=self._by_component(Ef, Ea, truth))
+                          obs_value=y, by_component=by_comp,
+                          extra={"forecast_summary": fs, "analysis_summary": an})
         self.last = rec
         self.cycle_index += 1
         if self.writer is not None:
@@ -236,6 +238,8 @@ class Cycle:
     def _by_component(self, Ef: np.ndarray, Ea: np.ndarray,
                       truth: np.ndarray | None) -> dict[str, np.ndarray]:
         out = {k: np.full(len(self.components), np.nan) for k in COMPONENT_SCALARS}
+        if len(self.components) == 1:  # one component: the whole-state scores (filled by caller)
+            return out
         for c, (_, idx) in enumerate(self.components):
             out["spread_forecast_by_component"][c] = dg.spread(Ef[:, idx])
             out["spread_analysis_by_component"][c] = dg.spread(Ea[:, idx])
@@ -250,14 +254,16 @@ class Cycle:
         """The per-cycle values written to the store (see :func:`output_variables`)."""
         n = self.model.state_dim
         nan = np.full(n, np.nan)
+        fs = rec.extra.get("forecast_summary") or dg.ensemble_summary(rec.forecast, rec.truth)
+        an = rec.extra.get("analysis_summary") or dg.ensemble_summary(rec.analysis, rec.truth)
         out: dict[str, Any] = {
             "truth": rec.truth if rec.truth is not None else nan,
             "obs_value": rec.obs_value,
             "obs_valid": np.int32(rec.obs_valid),
-            "forecast_mean": rec.forecast.mean(axis=0),
-            "analysis_mean": rec.analysis.mean(axis=0),
-            "forecast_std": rec.forecast.std(axis=0, ddof=1),
-            "analysis_std": rec.analysis.std(axis=0, ddof=1),
+            "forecast_mean": fs.mean,
+            "analysis_mean": an.mean,
+            "forecast_std": fs.std,
+            "analysis_std": an.std,
             "rank_histogram": rec.rank_histogram,
             **{k: np.float64(v) for k, v in rec.scalars.items()},
             **rec.by_component,

@@ -6,7 +6,10 @@ cheap enough to run every cycle.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
+from numba import njit
 
 
 def rmse(mean: np.ndarray, truth: np.ndarray) -> float:
@@ -90,3 +93,89 @@ def innovation_statistics(HE: np.ndarray, y: np.ndarray, R: np.ndarray) -> tuple
         S = Y.T @ Y + R
         chi2 = float(d @ np.linalg.solve(S, d))
     return rms, chi2 / m
+
+
+@njit(cache=True, nogil=True)
+def _summary_kernel(E, truth, has_truth, mean, std, ranks):  # pragma: no cover - compiled
+    N, n = E.shape
+    col = np.empty(N)
+    var_sum = 0.0
+    se_sum = 0.0
+    crps_sum = 0.0
+    for m in range(N + 1):
+        ranks[m] = 0
+    for j in range(n):
+        s = 0.0
+        for i in range(N):
+            col[i] = E[i, j]
+            s += col[i]
+        mu = s / N
+        ss = 0.0
+        for i in range(N):
+            d = col[i] - mu
+            ss += d * d
+        v = ss / (N - 1) if N > 1 else np.nan
+        mean[j] = mu
+        std[j] = np.sqrt(v)
+        var_sum += v
+        if has_truth:
+            y = truth[j]
+            e = mu - y
+            se_sum += e * e
+            col.sort()
+            a = 0.0
+            b = 0.0
+            below = 0
+            ties = 0
+            for i in range(N):
+                x = col[i]
+                a += abs(x - y)
+                b += (2.0 * (i + 1) - N - 1.0) * x
+                if x < y:
+                    below += 1
+                elif x == y:
+                    ties += 1
+            crps_sum += a / N - b / (N * N)
+            ranks[below + ties // 2] += 1
+    spread = np.sqrt(var_sum / n)
+    if not has_truth:
+        return spread, np.nan, np.nan
+    return spread, np.sqrt(se_sum / n), crps_sum / n
+
+
+@dataclass
+class EnsembleSummary:
+    """One-pass statistics of an ensemble (and its skill when the truth is known).
+
+    Attributes
+    ----------
+    mean, std : ndarray, shape (n,)
+        Ensemble mean and standard deviation (``ddof=1``) per variable.
+    spread, rmse, crps : float
+        As :func:`spread`, :func:`rmse` (of the mean) and :func:`crps`; NaN without truth.
+    ranks : ndarray of int64, shape (N + 1,)
+        As :func:`rank_histogram` (zeros without truth).
+    """
+
+    mean: np.ndarray
+    std: np.ndarray
+    spread: float
+    rmse: float
+    crps: float
+    ranks: np.ndarray
+
+
+def ensemble_summary(E: np.ndarray, truth: np.ndarray | None = None) -> EnsembleSummary:
+    """Mean, std, spread, RMSE, CRPS and rank counts in one compiled pass.
+
+    Equal to the separate functions of this module (to round-off); used every
+    cycle, where their many small numpy calls would dominate the cost.
+    """
+    E = np.ascontiguousarray(E, dtype=np.float64)
+    N, n = E.shape
+    mean, std = np.empty(n), np.empty(n)
+    ranks = np.zeros(N + 1, dtype=np.int64)
+    has = truth is not None
+    y = np.ascontiguousarray(truth, dtype=np.float64) if has else np.zeros(n)
+    spread_, rmse_, crps_ = _summary_kernel(E, y, has, mean, std, ranks)
+    return EnsembleSummary(mean, std, float(spread_), float(rmse_), float(crps_), ranks)

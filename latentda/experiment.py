@@ -85,7 +85,7 @@ def build_filter(fc: cfg.FilterConfig) -> EnsembleFilter:
     if fc.method == "enkf":
         return EnKF(inflation=fc.inflation)
     if fc.method == "letkf":
-        return LETKF(radius=fc.radius, inflation=fc.inflation)
+        return LETKF(radius=fc.radius, inflation=fc.inflation, weight_stride=fc.weight_stride)
     if fc.method == "etkf_adaptive":
         return AdaptiveETKF(inflation=fc.inflation, prior_var=fc.prior_var)
     return EnKF_N(inflation=fc.inflation)

@@ -70,3 +70,21 @@ def test_innovation_woodbury_equals_direct_solve(rng):
     a = innovation_statistics(HE, y, R)
     b = innovation_statistics(HE, y, Rfull)
     assert np.allclose(a, b, rtol=1e-10)
+
+
+def test_one_pass_summary_equals_the_separate_functions(rng):
+    from latentda.diagnostics import ensemble_summary
+
+    for N, n in ((2, 3), (9, 40), (40, 17)):
+        E = rng.standard_normal((N, n))
+        y = rng.standard_normal(n)
+        E[0, 0] = y[0]  # a tie with the truth
+        s = ensemble_summary(E, y)
+        np.testing.assert_allclose(s.mean, E.mean(0), rtol=1e-13)
+        np.testing.assert_allclose(s.std, E.std(0, ddof=1), rtol=1e-12)
+        assert np.isclose(s.spread, spread(E), rtol=1e-12)
+        assert np.isclose(s.rmse, rmse(E.mean(0), y), rtol=1e-12)
+        assert np.isclose(s.crps, crps(E, y), rtol=1e-12)
+        np.testing.assert_array_equal(s.ranks, rank_histogram(E, y))
+        s0 = ensemble_summary(E)
+        assert np.isnan(s0.rmse) and np.isnan(s0.crps) and s0.ranks.sum() == 0

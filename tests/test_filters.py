@@ -392,6 +392,121 @@ def test_letkf_plan_follows_changing_observation_locations() -> None:
                                   LETKF(5.0).analyse(E, obs2, None, geo).E)
 
 
+def naive_transform(E: np.ndarray, obs: Observation, point: np.ndarray,
+                    period: tuple[float, ...] | None, radius: float,
+                    inflation: float) -> np.ndarray:
+    """Reference local transform at ``point``: the analysis there is ``xbar + W @ A``."""
+    N = E.shape[0]
+    N1 = N - 1
+    HE = obs.h(E)
+    ybar = HE.mean(axis=0)
+    Y = HE - ybar
+    rho = gaspari_cohn(periodic_distance(np.atleast_2d(point), obs.locations, period)[0]
+                       / radius)
+    Rloc = np.linalg.inv(obs.R) * np.sqrt(np.outer(rho, rho))
+    C = N1 * np.eye(N) + Y @ Rloc @ Y.T
+    lam, V = np.linalg.eigh(C)
+    w = np.linalg.solve(C, Y @ Rloc @ (obs.y - ybar))
+    return inflation * np.sqrt(N1) * (V / np.sqrt(lam)) @ V.T + w[None, :]
+
+
+def cgrid_setup(seed: int, n: int = 12, N: int = 6,
+                ) -> tuple[np.ndarray, Observation, Geometry]:
+    """A periodic C-grid in cell units: h at (i+.5, j+.5), u at (i, j+.5), v at (i+.5, j)."""
+    rng = np.random.default_rng(seed)
+    c = np.arange(n) + 0.5
+    f = np.arange(n, dtype=float)
+    grids = [np.meshgrid(c, c), np.meshgrid(f, c), np.meshgrid(c, f)]  # (x, y) of h, u, v
+    loc = np.vstack([np.column_stack([gx.ravel(), gy.ravel()]) for gx, gy in grids])
+    geo = Geometry(loc, period=(float(n), float(n)))
+    oi = rng.choice(n * n, 14, replace=False)  # h points
+    obs = Observation(y=rng.standard_normal(oi.size), R=np.diag(rng.uniform(0.3, 0.6, oi.size)),
+                      h=lambda X: X[:, oi], locations=loc[oi])
+    return rng.standard_normal((N, loc.shape[0])), obs, geo
+
+
+def test_letkf_weight_stride_one_is_the_exact_letkf() -> None:
+    E, obs, geo = cgrid_setup(10)
+    a = LETKF(2.5, inflation=1.1).analyse(E, obs, None, geo)
+    b = LETKF(2.5, inflation=1.1, weight_stride=1).analyse(E, obs, None, geo)
+    np.testing.assert_array_equal(a.E, b.E)
+    assert "analysis_points" not in b.info
+    # without localization the stride is ignored: still the ETKF
+    assert_close(LETKF(None, weight_stride=4).analyse(E, obs, None, geo).E,
+                 ETKF().analyse(E, obs, None).E, 1e-12)
+
+
+@pytest.mark.parametrize("interp", ["linear", "nearest"])
+def test_letkf_weight_interpolation_on_a_staggered_grid(interp: str) -> None:
+    n, radius, infl = 12, 2.5, 1.1
+    E, obs, geo = cgrid_setup(11, n=n)
+    flt = LETKF(radius, inflation=infl, weight_stride=4, weight_interp=interp)
+    res = flt.analyse(E, obs, None, geo)
+    assert res.info["analysis_points"] == (n // 2) ** 2
+    # the analysis points are every second h point: (0.5 + 2a, 0.5 + 2b), a, b = 0..5
+    exact = LETKF(radius, inflation=infl).analyse(E, obs, None, geo).E
+    loc = geo.locations
+    on = np.all(np.isclose((loc - 0.5) % 2.0, 0.0), axis=1)
+    assert on.sum() == (n // 2) ** 2
+    assert_close(res.E[:, on], exact[:, on], 1e-12)
+    assert np.abs(res.E[:, ~on] - exact[:, ~on]).max() > 1e-6  # elsewhere: approximate
+    # every variable: the bilinear (or nearest) combination of the 4 surrounding transforms
+    xbar = E.mean(axis=0)
+    A = E - xbar
+    W = {}
+    for v in range(geo.d):
+        s = (loc[v] - 0.5) / 2.0  # lattice coordinates, period n / 2
+        k = np.floor(s).astype(int)
+        t = s - k
+        Wv = np.zeros((E.shape[0],) * 2)
+        for corner in np.ndindex(2, 2):
+            kk = tuple((k + np.array(corner)) % (n // 2))
+            if interp == "linear":
+                coef = np.prod(np.where(corner, t, 1.0 - t))
+            else:
+                coef = float(np.all(np.array(corner) == (t > 0.5)))
+            if coef == 0.0:
+                continue
+            if kk not in W:
+                W[kk] = naive_transform(E, obs, 0.5 + 2.0 * np.array(kk), geo.period,
+                                        radius, infl)
+            Wv += coef * W[kk]
+        np.testing.assert_allclose(res.E[:, v], xbar[v] + Wv @ A[:, v], rtol=0, atol=1e-11)
+
+
+def test_letkf_weight_interpolation_keeps_the_ends_of_a_bounded_axis() -> None:
+    # 11 points on a line (not periodic), stride 3: analysis points 0, 3, 6, 9 and the end 10
+    rng = np.random.default_rng(12)
+    loc = np.arange(11.0)
+    geo = Geometry(loc)
+    oi = np.array([1, 4, 8, 10])
+    obs = Observation(y=rng.standard_normal(4), R=np.eye(4), h=lambda X: X[:, oi],
+                      locations=loc[oi])
+    E = rng.standard_normal((5, 11))
+    res = LETKF(3.0, weight_stride=3).analyse(E, obs, None, geo)
+    assert res.info["analysis_points"] == 5
+    xbar, A = E.mean(axis=0), E - E.mean(axis=0)
+    W = {p: naive_transform(E, obs, np.array([p]), None, 3.0, 1.0) for p in (0, 3, 6, 9, 10)}
+    for v, (lo, hi) in enumerate([(0, 3)] * 3 + [(3, 6)] * 3 + [(6, 9)] * 3 + [(9, 10)] * 2):
+        t = (v - lo) / (hi - lo)
+        want = xbar[v] + ((1 - t) * W[lo] + t * W[hi]) @ A[:, v]
+        np.testing.assert_allclose(res.E[:, v], want, rtol=0, atol=1e-11)
+
+
+def test_letkf_weight_interpolation_plan_is_cached_and_follows_changes() -> None:
+    E, obs, geo = cgrid_setup(13)
+    flt = LETKF(2.5, weight_stride=2)
+    a = flt.analyse(E, obs, None, geo).E
+    wm = flt._wmap
+    flt.analyse(E, obs, None, geo)
+    assert flt._wmap is wm
+    flt.weight_stride = 4
+    np.testing.assert_array_equal(flt.analyse(E, obs, None, geo).E,
+                                  LETKF(2.5, weight_stride=4).analyse(E, obs, None, geo).E)
+    flt.weight_stride = 2
+    np.testing.assert_array_equal(flt.analyse(E, obs, None, geo).E, a)
+
+
 # ---------------------------------------------------------------------------------------
 # EnKF-N
 
@@ -561,6 +676,13 @@ BAD_CASES: list[tuple[str, Callable[[], object], str]] = [
     ("radius nan", lambda: LETKF(float("nan")), "radius must be > 0"),
     ("radius str", lambda: LETKF("4"), "radius must be > 0"),
     ("taper", lambda: LETKF(4.0, taper="boxcar"), "taper must be one of"),
+    ("weight_stride 0", lambda: LETKF(4.0, weight_stride=0), "weight_stride must be >= 1"),
+    ("weight_stride float", lambda: LETKF(4.0, weight_stride=2.5),
+     "weight_stride must be an integer"),
+    ("weight_interp", lambda: LETKF(4.0, weight_interp="cubic"), "weight_interp must be one of"),
+    ("weight_stride scattered", lambda: LETKF(4.0, weight_stride=2).analyse(
+        _ok()[0][:, :3], _obs(h=lambda X: X, locations=[[0.0, 0.3], [1.0, 1.7], [2.0, 0.9]]),
+        None, Geometry([[0.0, 0.3], [1.0, 1.7], [2.0, 0.9]])), "not on a grid"),
     ("no geometry", lambda: LETKF(4.0).analyse(*_ok()[:2], None), "geometry is required"),
     ("no obs loc", lambda: LETKF(4.0).analyse(_ok()[0], _obs(), None, _ok()[2]),
      "obs.locations is required"),
@@ -595,8 +717,11 @@ def test_h_not_called_before_validation() -> None:
 
 
 def test_registry_and_reprs_label_runs() -> None:
-    assert set(FILTERS) == {"EnKF", "ETKF", "LETKF", "EnKF_N"}
+    assert set(FILTERS) == {"EnKF", "ETKF", "LETKF", "EnKF_N", "AdaptiveETKF"}
     assert repr(ETKF(inflation=1.02)) == "ETKF(inflation=1.02)"
     assert repr(LETKF(4, inflation=1.02)) == \
         "LETKF(inflation=1.02, radius=4.0, taper='gaspari_cohn')"
+    assert repr(LETKF(4.0, weight_stride=2, weight_interp="nearest")) == \
+        "LETKF(inflation=1.0, radius=4.0, taper='gaspari_cohn', weight_stride=2, " \
+        "weight_interp='nearest')"
     assert repr(EnKF_N()) == "EnKF_N(inflation=1.0)"

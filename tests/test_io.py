@@ -8,6 +8,7 @@ from datetime import datetime
 import numpy as np
 import pytest
 import xarray as xr
+import zarr
 
 import latentda
 from latentda.io import RunWriter, VarSpec, export_netcdf, flag_coordinate, open_run, run_info
@@ -361,14 +362,17 @@ def test_interrupted_flush_is_repaired(tmp_path, monkeypatch):
     path = tmp_path / "run.zarr"
     w = make_writer(path, block=3)
     write_cycles(w, 0, 3)
-    real_to_zarr = xr.Dataset.to_zarr
+    real_resize = zarr.Array.resize
+    calls = {"n": 0}
 
-    def partial_append(self, *args, **kwargs):
-        # the process is interrupted after some arrays (and time) grew, the others not
-        real_to_zarr(self[["truth", "analysis"]], *args, **kwargs)
-        raise OSError("disk full")
+    def flaky_resize(self, *args, **kwargs):
+        # the process is interrupted after some arrays grew (and were written), the others not
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise OSError("disk full")
+        return real_resize(self, *args, **kwargs)
 
-    monkeypatch.setattr(xr.Dataset, "to_zarr", partial_append)
+    monkeypatch.setattr(zarr.Array, "resize", flaky_resize)
     with pytest.raises(OSError, match="disk full"):
         write_cycles(w, 3, 6)
     assert (w.n_written, w.n_buffered) == (3, 3)

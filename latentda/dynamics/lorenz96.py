@@ -16,7 +16,7 @@ from latentda._validate import check_float, check_int
 from latentda.dynamics.base import Dynamics
 
 #: members integrated together; the working set (6 * n * B doubles) stays in L1/L2
-_BLOCK = 128
+_BLOCK = 256
 
 
 @njit(cache=True, nogil=True)
@@ -31,23 +31,26 @@ def _tend(x, F, out):
 
 
 @njit(cache=True, nogil=True)
+def _axpy(out, x, c, k):
+    """out = x + c * k, elementwise over (n, B)."""
+    n, B = x.shape
+    for i in range(n):
+        for m in range(B):
+            out[i, m] = x[i, m] + c * k[i, m]
+
+
+@njit(cache=True, nogil=True)
 def _rk4_block(x, F, dt, nsteps, k1, k2, k3, k4, tmp):
     n, B = x.shape
     half = 0.5 * dt
     sixth = dt / 6.0
     for _ in range(nsteps):
         _tend(x, F, k1)
-        for i in range(n):
-            for m in range(B):
-                tmp[i, m] = x[i, m] + half * k1[i, m]
+        _axpy(tmp, x, half, k1)
         _tend(tmp, F, k2)
-        for i in range(n):
-            for m in range(B):
-                tmp[i, m] = x[i, m] + half * k2[i, m]
+        _axpy(tmp, x, half, k2)
         _tend(tmp, F, k3)
-        for i in range(n):
-            for m in range(B):
-                tmp[i, m] = x[i, m] + dt * k3[i, m]
+        _axpy(tmp, x, dt, k3)
         _tend(tmp, F, k4)
         for i in range(n):
             for m in range(B):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -123,16 +124,21 @@ WEIGHT_INTERPOLATIONS = ("linear", "nearest")
 class _WeightMap:
     """Analysis points of the weight interpolation and how variables use them.
 
-    ``points`` is a product lattice (``P`` rows); ``plan`` localizes its points
-    (one group each); variable ``v`` is analysed with the transform
-    ``sum_c coef[v, c] * W[corner[v, c]]``.
+    ``points`` is a product lattice (``P`` rows) and ``plan`` localizes it (one
+    group per point). Variable ``v`` is analysed with ``sum_c coef_c W[p_c]`` over
+    its (variable, point, coefficient) *pairs* with nonzero coefficient. The
+    pairs are tabulated by point (``pvar``, ``pcoef``, padded to ``(P, kmax)``
+    with coefficient 0) for one batched product per point, and ``order`` /
+    ``vstart`` regroup the products by variable for the sums.
     """
 
     key: tuple[Any, ...]
     points: np.ndarray  # (P, D) analysis points
     plan: _LocalPlan  # localization plan of the analysis points
-    corner: np.ndarray  # (d, C) analysis point indices of each variable
-    coef: np.ndarray  # (d, C) interpolation coefficients (each row sums to 1)
+    pvar: np.ndarray  # (P, kmax) variables using each point, padded with 0
+    pcoef: np.ndarray  # (P, kmax) their coefficients, padded with 0
+    order: np.ndarray  # (npairs,) flat (P * kmax) positions of the pairs, by variable
+    vstart: np.ndarray  # (d,) offset of each variable's pairs in ``order``
 
 
 def _axis_lattice(name: str, x: np.ndarray, x0: float, period: float, stride: int,
@@ -204,10 +210,28 @@ def _weight_map(key: tuple[Any, ...], geometry: Geometry, obs_loc: np.ndarray, r
         idx = tuple(per_axis[a][j][0] for a, j in enumerate(combo))
         corners.append(np.ravel_multi_index(idx, shape))
         coefs.append(np.prod([per_axis[a][j][1] for a, j in enumerate(combo)], axis=0))
+    corner = np.column_stack(corners).ravel()  # (d * C,) variable-major
+    coef = np.column_stack(coefs).ravel()
+    var = np.repeat(np.arange(d), len(corners))
+    keep = coef != 0.0
+    corner, coef, var = corner[keep], coef[keep], var[keep]
+    # tabulate the pairs by point; positions within a point follow variable order
+    by_point = np.lexsort((var, corner))
+    counts = np.bincount(corner, minlength=P)
+    kmax = int(counts.max())
+    start = np.concatenate(([0], np.cumsum(counts)[:-1]))
+    pc = corner[by_point]
+    flat = pc * kmax + (np.arange(pc.size) - start[pc])
+    pvar = np.zeros(P * kmax, dtype=np.intp)
+    pcoef = np.zeros(P * kmax)
+    pvar[flat] = var[by_point]
+    pcoef[flat] = coef[by_point]
+    order = np.empty_like(flat)
+    order[by_point] = flat  # back to variable-major order
+    vstart = np.searchsorted(var, np.arange(d))
     plan = _local_plan(("points",), Geometry(points, geometry.period), obs_loc, radius, taper)
-    return _WeightMap(key=key, points=points, plan=plan,
-                      corner=np.ascontiguousarray(np.column_stack(corners)),
-                      coef=np.ascontiguousarray(np.column_stack(coefs)))
+    return _WeightMap(key=key, points=points, plan=plan, pvar=pvar.reshape(P, kmax),
+                      pcoef=pcoef.reshape(P, kmax), order=order, vstart=vstart)
 
 
 @dataclass
@@ -333,16 +357,6 @@ class LETKF(EnsembleFilter):
         if self.interpolates:
             self.weight_map(obs, geometry)  # lattice errors before h is evaluated
 
-    def _local_key(self, obs: Observation, geometry: Geometry) -> tuple[Any, ...]:
-        return ("local", self.radius, self.taper, geometry.period,
-                geometry.locations.copy(), obs.locations.copy())
-
-    @staticmethod
-    def _key_matches(key: tuple[Any, ...], new: tuple[Any, ...]) -> bool:
-        return (len(key) == len(new) and key[0] == new[0]
-                and all(np.array_equal(a, b) if isinstance(a, np.ndarray) else a == b
-                        for a, b in zip(key[1:], new[1:], strict=True)))
-
     def plan(self, d: int, obs: Observation, geometry: Geometry | None) -> _LocalPlan:
         """Return the (cached) localization plan for ``d`` variables and ``obs``."""
         m = obs.m
@@ -358,7 +372,8 @@ class LETKF(EnsembleFilter):
                 and np.array_equal(p.key[4], geometry.locations)
                 and np.array_equal(p.key[5], obs.locations)):
             return p
-        key = self._local_key(obs, geometry)
+        key = ("local", self.radius, self.taper, geometry.period,
+               geometry.locations.copy(), obs.locations.copy())
         assert self.radius is not None
         self._plan = _local_plan(key, geometry, obs.locations, self.radius, self.taper)
         return self._plan
@@ -381,7 +396,7 @@ class LETKF(EnsembleFilter):
         return self._wmap
 
     def _group_transforms(self, plan: _LocalPlan, YwT: np.ndarray, dyw: np.ndarray,
-                          N: int) -> list[tuple[int, int, np.ndarray]]:
+                          N: int) -> Iterator[tuple[int, int, np.ndarray]]:
         """``(g0, g1, W)`` for batches of the plan's active groups (bounded memory)."""
         Ga = plan.counts.size
         kmax = int(plan.counts[-1]) if Ga else 0
@@ -441,15 +456,16 @@ class LETKF(EnsembleFilter):
         Wp.reshape(P, N * N)[:, :: N + 1] = self.inflation
         for g0, g1, W in self._group_transforms(plan, YwT, dyw, N):
             Wp[plan.vars_sorted[plan.vptr[g0]:plan.vptr[g1]]] = W  # one point per group
-        C = wm.corner.shape[1]
-        Ea = np.empty_like(A)
-        step = max(1, _CHUNK_BYTES // (8 * (2 * N * N + 2 * N)))
-        for v0 in range(0, d, step):
-            v1 = min(d, v0 + step)
-            Wv = Wp[wm.corner[v0:v1, 0]] * wm.coef[v0:v1, 0, None, None]
-            for c in range(1, C):
-                Wv += Wp[wm.corner[v0:v1, c]] * wm.coef[v0:v1, c, None, None]
-            out = np.matmul(Wv, A[:, v0:v1].T[:, :, None])[:, :, 0].T
-            Ea[:, v0:v1] = out + xbar[v0:v1]
+        kmax = wm.pvar.shape[1]
+        Z = np.empty((N, P, kmax))  # coef * W[p] @ A[:, v] for every pair, by point
+        step = max(1, _CHUNK_BYTES // (8 * 2 * N * kmax))
+        for p0 in range(0, P, step):
+            p1 = min(P, p0 + step)
+            Ap = A[:, wm.pvar[p0:p1]].transpose(1, 0, 2)  # (p, N, kmax)
+            Zp = np.matmul(Wp[p0:p1], Ap)
+            Zp *= wm.pcoef[p0:p1, None, :]
+            Z[:, p0:p1] = Zp.transpose(1, 0, 2)
+        Ea = np.add.reduceat(Z.reshape(N, P * kmax)[:, wm.order], wm.vstart, axis=1)
+        Ea += xbar
         return Ea, {"inflation": self.inflation, "mean_local_obs": plan.mean_local_obs,
                     "analysis_points": float(P)}
