@@ -1,7 +1,8 @@
 """Command-line interface: ``latentda run | cases | info | export``.
 
 Errors in the user's input print one clear message and exit with code 2 (no
-traceback); a run that fails afterwards exits with code 1.
+traceback); a run stopped by a divergence check exits with code 3 (the store keeps
+every cycle before it); any other failure exits with code 1.
 """
 
 from __future__ import annotations
@@ -45,15 +46,18 @@ def _print_summary(case, summary: dict[str, float], store: Path | None) -> None:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from latentda.config import load_case
+    from latentda.config import load_case, with_parallel
     from latentda.experiment import run_case
 
     overrides = {"cycles": args.cycles, "seed": args.seed}
     case = load_case(args.case, **overrides)
     if args.cycles is not None and case.burn_in >= case.cycles:
         case = case.model_copy(update={"burn_in": case.cycles // 10})
+    case = with_parallel(case, scheduler=args.scheduler, n_workers=args.workers,
+                         batch_size=args.batch_size)
     summary, store = run_case(case, store=args.out, overwrite=args.overwrite,
-                              write=not args.no_write, progress=not args.quiet)
+                              write=not args.no_write, progress=not args.quiet,
+                              resume=args.resume, break_lock=args.break_lock)
     _print_summary(case, summary, store)
     return 0
 
@@ -103,8 +107,20 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--cycles", type=int, default=None, help="override the number of cycles")
     r.add_argument("--seed", type=int, default=None, help="override the seed")
     r.add_argument("--overwrite", action="store_true", help="replace an existing store")
+    r.add_argument("--resume", action="store_true",
+                   help="continue an existing store from its last complete block")
+    r.add_argument("--break-lock", action="store_true",
+                   help="take over a store whose lock was left by a killed run")
     r.add_argument("--no-write", action="store_true", help="run without writing a store")
     r.add_argument("--quiet", action="store_true", help="no progress bar")
+    r.add_argument("--scheduler", default=None,
+                   help="where forecasts run: auto, synchronous, threads, processes, "
+                        "distributed (DASK_SCHEDULER_ADDRESS), tcp://host:8786 or a scheduler "
+                        "file *.json (default: the case's parallel.scheduler)")
+    r.add_argument("--workers", type=int, default=None,
+                   help="threads or worker processes (default: the case's parallel.n_workers)")
+    r.add_argument("--batch-size", type=int, default=None,
+                   help="members per forecast task (default: the case's parallel.batch_size)")
     r.set_defaults(func=cmd_run)
 
     c = sub.add_parser("cases", help="list the case files with what each shows",
@@ -128,10 +144,16 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``latentda`` command; returns the exit code."""
     args = build_parser().parse_args(argv)
     from latentda.config import CaseError
+    from latentda.cycle import DivergenceError
+    from latentda.io import StoreLockedError
 
     try:
         return args.func(args)
-    except (CaseError, FileExistsError, FileNotFoundError, ValueError) as err:
+    except DivergenceError as err:
+        print(f"latentda {args.command}: {err} (the store keeps every cycle before it)",
+              file=sys.stderr)
+        return 3
+    except (CaseError, FileExistsError, FileNotFoundError, ValueError, StoreLockedError) as err:
         print(f"latentda {args.command}: error: {err}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

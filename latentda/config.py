@@ -12,7 +12,14 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 
 class CaseError(ValueError):
@@ -20,7 +27,7 @@ class CaseError(ValueError):
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
 
 
 # --------------------------------------------------------------------------- models
@@ -117,6 +124,10 @@ class ObservationsConfig(_Strict):
     def _one_error_spec(self) -> ObservationsConfig:
         if self.error_variances is not None and self.error_covariance is not None:
             raise ValueError("give error_variances or error_covariance, not both")
+        if (self.error_variance is None and self.error_variances is None
+                and self.error_covariance is None and self.file is None):
+            raise ValueError("error_variance is required (or error_variances / "
+                             "error_covariance, or a file of observations)")
         if self.error_variances is not None:
             if any(not (v > 0) for v in self.error_variances):
                 raise ValueError("error_variances must all be > 0 (R must be positive definite)")
@@ -176,6 +187,49 @@ class OutputConfig(_Strict):
     block: int = Field(100, ge=1, description="cycles per flushed block")
 
 
+class DivergenceConfig(_Strict):
+    """When a run counts as diverged and stops (non-finite states always do)."""
+
+    max_rmse: float | None = Field(None, gt=0, description="stop if the analysis RMSE exceeds "
+                                                            "this")
+    max_spread: float | None = Field(None, gt=0, description="stop if the analysis spread "
+                                                              "exceeds this")
+
+
+class ParallelConfig(_Strict):
+    """Where the ensemble forecasts run (batches of members over a Dask scheduler).
+
+    ``scheduler``: ``auto`` (synchronous for small forecasts, threads otherwise),
+    ``synchronous``, ``threads``, ``processes`` (a local cluster of ``n_workers``
+    processes), ``distributed`` (the cluster at ``DASK_SCHEDULER_ADDRESS``), an
+    address ``tcp://host:8786`` or a scheduler file ``*.json``. Results are
+    bit-identical whatever the choice.
+    """
+
+    scheduler: str = Field("auto", description="auto, synchronous, threads, processes, "
+                                               "distributed, tcp://host:port or a scheduler "
+                                               "file *.json")
+    n_workers: int | None = Field(None, ge=1, description="threads or worker processes "
+                                                          "(default: the usable cores)")
+    batch_size: int | None = Field(None, ge=1, description="members per task (default: two "
+                                                           "batches per worker)")
+
+    @field_validator("scheduler")
+    @classmethod
+    def _known_scheduler(cls, v: str) -> str:
+        from latentda.parallel import check_scheduler
+
+        return check_scheduler(v, "scheduler")
+
+    @model_validator(mode="after")
+    def _workers_for_local(self) -> ParallelConfig:
+        if self.n_workers is not None and self.scheduler not in ("auto", "threads",
+                                                                 "processes"):
+            raise ValueError(f"n_workers applies to the auto, threads and processes "
+                             f"schedulers (scheduler is {self.scheduler!r}); remove it")
+        return self
+
+
 class Case(_Strict):
     """One experiment: model, observations, ensemble, filter, length and output."""
 
@@ -192,6 +246,10 @@ class Case(_Strict):
     burn_in: int = Field(0, ge=0, description="cycles left out of the summary")
     spinup_steps: int | None = Field(None, ge=0, description="truth spin-up (model default)")
     output: OutputConfig = Field(OutputConfig(), description="store and what it holds")
+    divergence: DivergenceConfig = Field(DivergenceConfig(),
+                                         description="bounds that stop a diverged run")
+    parallel: ParallelConfig = Field(ParallelConfig(),
+                                     description="where the ensemble forecasts run")
     expected: dict[str, float] = Field(default_factory=dict,
                                        description="numbers this case reaches (documentation)")
 
@@ -321,6 +379,25 @@ def load_case(path: str | os.PathLike, **overrides: Any) -> Case:
     return parse_case(data, str(p))
 
 
+def with_parallel(case: Case, **overrides: Any) -> Case:
+    """``case`` with fields of its ``parallel`` section replaced (None values are ignored).
+
+    Raises
+    ------
+    CaseError
+        Naming ``parallel.<field>`` when an override is invalid.
+    """
+    over = {k: v for k, v in overrides.items() if v is not None}
+    if not over:
+        return case
+    try:
+        pc = ParallelConfig.model_validate({**case.parallel.model_dump(), **over})
+    except ValidationError as err:
+        msg = _format_errors(err, "options").replace("\n  ", "\n  parallel.")
+        raise CaseError(msg) from None
+    return case.model_copy(update={"parallel": pc})
+
+
 def case_description(path: str | os.PathLike) -> str:
     """The first comment line of a case file (what the case shows)."""
     for line in Path(path).read_text().splitlines():
@@ -342,6 +419,8 @@ _REFERENCE_SECTIONS: list[tuple[str, type[BaseModel]]] = [
     ("ensemble", EnsembleConfig),
     ("filter", FilterConfig),
     ("output", OutputConfig),
+    ("divergence", DivergenceConfig),
+    ("parallel", ParallelConfig),
 ]
 
 
@@ -371,8 +450,8 @@ def case_reference_markdown() -> str:
         for name, f in model.model_fields.items():
             default = "required" if f.is_required() else repr(
                 f.default_factory() if f.default_factory else f.default)
-            if name in ("model", "observations", "ensemble", "filter", "output") \
-                    and model is Case:
+            if name in ("model", "observations", "ensemble", "filter", "output", "divergence",
+                        "parallel") and model is Case:
                 default = "see below" if name != "model" else "required"
             typ = _type_name(f.annotation)
             if len(typ) > 60:

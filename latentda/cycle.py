@@ -32,6 +32,24 @@ from latentda.obs_stream import ObservationStream
 from latentda.observations import ObservationOperator
 from latentda.spaces import StateSpace
 
+
+class DivergenceError(RuntimeError):
+    """The filter diverged: non-finite states, or skill beyond the configured bounds.
+
+    Attributes
+    ----------
+    time : float
+        Analysis time of the first bad cycle (nothing from it is written).
+    reason : str
+        What was detected.
+    """
+
+    def __init__(self, time: float, reason: str) -> None:
+        super().__init__(f"diverged at time {time:g}: {reason}")
+        self.time = time
+        self.reason = reason
+
+
 #: scalar diagnostics written every cycle: name -> (long_name, units)
 SCALARS: dict[str, tuple[str, str]] = {
     "rmse_forecast": ("RMSE of the forecast mean against the truth", "model units"),
@@ -98,12 +116,20 @@ class Cycle:
         Whether written records carry every member (else mean and std).
     blas_threads : int or None
         BLAS threads during :meth:`run` (default: 1 for N <= 256, else unchanged).
+    max_rmse, max_spread : float, optional
+        Divergence bounds on the analysis RMSE and spread; non-finite states always
+        count as divergence. A diverged cycle raises :class:`DivergenceError` before
+        anything of it is written.
+    forecaster : optional
+        A :class:`~latentda.parallel.Forecaster` that runs the forecasts over batches
+        of members on a Dask scheduler (default: ``model.step`` in this thread).
     """
 
     def __init__(self, model: Dynamics, filter: EnsembleFilter, operator: ObservationOperator,
                  ensemble: np.ndarray, *, space: Any = None, t0: float = 0.0, seed: int = 0,
                  writer: Any = None, store_ensemble: bool = False,
-                 blas_threads: int | None = -1) -> None:
+                 blas_threads: int | None = -1, max_rmse: float | None = None,
+                 max_spread: float | None = None, forecaster: Any = None) -> None:
         if not isinstance(model, Dynamics):
             raise ValueError(f"model must be a latentda Dynamics (got {type(model).__name__})")
         if not isinstance(filter, EnsembleFilter):
@@ -125,8 +151,13 @@ class Cycle:
         self.seed = check_int("seed", seed, min_value=0)
         self.cycle_index = 0
         self.writer = writer
+        self.forecaster = forecaster
         self.store_ensemble = bool(store_ensemble)
         self.last: CycleRecord | None = None
+        self.max_rmse = None if max_rmse is None else check_float("max_rmse", max_rmse,
+                                                                  positive=True)
+        self.max_spread = None if max_spread is None else check_float("max_spread", max_spread,
+                                                                      positive=True)
         self.blas_threads = (1 if E.shape[0] <= 256 else None) if blas_threads == -1 else (
             blas_threads)
         self._obs_loc = operator.locations(model.state_locations())
@@ -157,7 +188,10 @@ class Cycle:
             The forecast ensemble (also kept as the current ensemble).
         """
         nsteps = self.model.nsteps_between(self.t, until)
-        self.E = self.model.step(self.E, nsteps)
+        if self.forecaster is None:
+            self.E = self.model.step(self.E, nsteps)
+        else:
+            self.E = self.forecaster.step(self.model, self.E, nsteps)
         self.t = float(until)
         return self.E
 
@@ -199,19 +233,28 @@ class Cycle:
                              f"(got {y.shape}, {var.shape})")
         valid = np.isfinite(y)
         Ef = self.E
+        if not np.all(np.isfinite(Ef)):
+            raise DivergenceError(self.t, "the forecast ensemble is not finite (the model blew "
+                                  "up)")
         rng = np.random.default_rng([self.seed, self.cycle_index])
         scalars = dict.fromkeys(SCALARS, float("nan"))
         if valid.any():
             obs = self._observation(y, var, valid)
-            res = self.filter.analyse(self.space.encode(Ef), obs, rng,
-                                      geometry=getattr(self.space, "geometry", None))
-            Ea = self.space.decode(res.E)
-            inn_rms, inn_chi2 = dg.innovation_statistics(res.HE, obs.y, obs.R)
+            try:
+                res = self.filter.analyse(self.space.encode(Ef), obs, rng,
+                                          geometry=getattr(self.space, "geometry", None))
+                Ea = self.space.decode(res.E)
+                inn_rms, inn_chi2 = dg.innovation_statistics(res.HE, obs.y, obs.R)
+            except np.linalg.LinAlgError as err:  # overflowing or degenerate ensembles
+                raise DivergenceError(self.t, f"the analysis failed ({err}); the ensemble is "
+                                      f"degenerate (spread {dg.spread(Ef):.3g})") from err
             scalars["innovation_rms"] = inn_rms
             scalars["innovation_chi2"] = inn_chi2
             scalars["inflation"] = float(res.info.get("inflation", self.filter.inflation))
         else:
             Ea = Ef.copy()
+        if not np.all(np.isfinite(Ea)):
+            raise DivergenceError(self.t, "the analysis ensemble is not finite")
         if truth is not None:
             truth = np.asarray(truth, dtype=np.float64)
         fs = dg.ensemble_summary(Ef, truth)
@@ -220,6 +263,12 @@ class Cycle:
                        rmse_forecast=fs.rmse, rmse_analysis=an.rmse,
                        crps_forecast=fs.crps, crps_analysis=an.crps)
         ranks = fs.ranks
+        if self.max_rmse is not None and an.rmse > self.max_rmse:
+            raise DivergenceError(self.t, f"analysis RMSE {an.rmse:.4g} > max_rmse "
+                                  f"{self.max_rmse:g}")
+        if self.max_spread is not None and an.spread > self.max_spread:
+            raise DivergenceError(self.t, f"analysis spread {an.spread:.4g} > max_spread "
+                                  f"{self.max_spread:g}")
         self.E = Ea
         by_comp = self._by_component(Ef, Ea, truth)
         if len(self.components) == 1:
@@ -232,8 +281,31 @@ class Cycle:
         self.last = rec
         self.cycle_index += 1
         if self.writer is not None:
-            self.writer.write(rec.time, **self.output_values(rec))
+            self.writer.write(rec.time, checkpoint=self.checkpoint(), **self.output_values(rec))
         return rec
+
+    # ------------------------------------------------------------------ resume
+
+    def checkpoint(self) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+        """What a run needs to continue exactly from here: ensemble, time, filter state."""
+        return ({"ensemble": self.E},
+                {"time": self.t, "cycle_index": self.cycle_index,
+                 "filter_state": self.filter.get_state()})
+
+    def restore(self, arrays: dict[str, np.ndarray], meta: dict[str, Any]) -> None:
+        """Continue from a :meth:`checkpoint` (e.g. read back from a store).
+
+        Random streams derive from the seed and the cycle index, so the continued
+        run is bit-identical to an uninterrupted one.
+        """
+        E = check_ensemble("checkpoint ensemble", arrays["ensemble"], self.model.state_dim,
+                           allow_1d=False)
+        if E.shape[0] != self.N:
+            raise ValueError(f"checkpoint ensemble has {E.shape[0]} members, this run {self.N}")
+        self.E = E.copy()
+        self.t = float(meta["time"])
+        self.cycle_index = int(meta["cycle_index"])
+        self.filter.set_state(meta.get("filter_state") or {})
 
     def _by_component(self, Ef: np.ndarray, Ea: np.ndarray,
                       truth: np.ndarray | None) -> dict[str, np.ndarray]:
@@ -260,6 +332,7 @@ class Cycle:
             "truth": rec.truth if rec.truth is not None else nan,
             "obs_value": rec.obs_value,
             "obs_valid": np.int32(rec.obs_valid),
+            "obs_masked": np.int32(self.operator.obs_dim - rec.obs_valid),
             "forecast_mean": fs.mean,
             "analysis_mean": an.mean,
             "forecast_std": fs.std,
@@ -299,7 +372,7 @@ class Cycle:
 
     def run(self, stream: ObservationStream, *, progress: bool = False,
             callback: Callable[[CycleRecord], None] | None = None) -> dict[str, np.ndarray]:
-        """Cycle through every analysis time of ``stream``.
+        """Cycle through the analysis times of ``stream`` from the current cycle index.
 
         Returns
         -------
@@ -308,12 +381,12 @@ class Cycle:
         """
         series: dict[str, list] = {k: [] for k in (*SCALARS, *COMPONENT_SCALARS)}
         times: list[float] = []
-        it = self.iterate(stream)
+        it = self.iterate(stream, start=self.cycle_index)
         if progress:
             from tqdm.auto import tqdm
 
-            it = tqdm(it, total=len(stream), desc=f"{self.filter!r}", unit="cycle",
-                      mininterval=0.5)
+            it = tqdm(it, total=len(stream), initial=self.cycle_index, desc=f"{self.filter!r}",
+                      unit="cycle", mininterval=0.5)
         with self._blas_limit():
             for rec in it:
                 times.append(rec.time)
@@ -334,6 +407,9 @@ def output_variables(store_ensemble: bool) -> list[tuple[str, tuple[str, ...], s
         ("obs_value", ("obs",), "float64",
          {"long_name": "observed value (NaN: missing)", "units": mu}),
         ("obs_valid", (), "int32", {"long_name": "number of valid observations", "units": "1"}),
+        ("obs_masked", (), "int32",
+         {"long_name": "number of masked (NaN/inf) observations; all masked: forecast-only",
+          "units": "1"}),
         ("forecast_mean", ("state",), "float64", {"long_name": "forecast ensemble mean",
                                                   "units": mu}),
         ("analysis_mean", ("state",), "float64", {"long_name": "analysis ensemble mean",

@@ -69,8 +69,11 @@ def innovation_statistics(HE: np.ndarray, y: np.ndarray, R: np.ndarray) -> tuple
 
     ``d = y - mean(HE)`` with ``H P H^T`` estimated from the forecast ensemble
     in observation space ``HE`` (N, m). For a consistent filter the normalised
-    statistic has expectation about 1. The inverse uses the Woodbury identity in
-    ensemble space for a diagonal ``R`` (cost ``O(m N^2)``).
+    statistic has expectation about 1. With more observations than members and a
+    diagonal ``R`` the inverse uses the Woodbury identity in ensemble space (cost
+    ``O(m N^2)``), else the ``m x m`` matrix directly; both paths solve
+    through a symmetric eigen-decomposition with floored eigenvalues, so nearly
+    singular matrices (huge or collapsed ensembles) never raise.
 
     Returns
     -------
@@ -83,15 +86,18 @@ def innovation_statistics(HE: np.ndarray, y: np.ndarray, R: np.ndarray) -> tuple
     rms = float(np.sqrt(np.mean(d * d)))
     Y = (HE - HE.mean(axis=0)) / np.sqrt(max(N - 1, 1))
     R = np.asarray(R, dtype=np.float64)
-    if np.count_nonzero(R - np.diag(np.diag(R))) == 0:
+    if m > N and np.count_nonzero(R - np.diag(np.diag(R))) == 0:
         rinv = 1.0 / np.diag(R)
         Yr = Y * rinv  # (N, m) = Y R^{-1}
-        small = np.eye(N) + Yr @ Y.T
-        u = Yr @ d
-        chi2 = float(d @ (rinv * d) - u @ np.linalg.solve(small, u))
+        small = np.eye(N) + Yr @ Y.T  # symmetric, eigenvalues >= 1 in exact arithmetic
+        w, V = np.linalg.eigh(0.5 * (small + small.T))
+        u = V.T @ (Yr @ d)
+        chi2 = float(d @ (rinv * d) - u @ (u / np.maximum(w, 1.0)))
     else:
         S = Y.T @ Y + R
-        chi2 = float(d @ np.linalg.solve(S, d))
+        w, V = np.linalg.eigh(0.5 * (S + S.T))
+        u = V.T @ d
+        chi2 = float(u @ (u / np.maximum(w, w[-1] * 1e-14)))
     return rms, chi2 / m
 
 

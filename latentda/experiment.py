@@ -33,6 +33,7 @@ from latentda.observations import (
     Square,
     Subset,
 )
+from latentda.parallel import Forecaster
 from latentda.twin import obs_coords, twin_experiment
 
 #: seed streams derived from the case seed: one per purpose
@@ -173,6 +174,11 @@ def prepare(case: cfg.Case, *, store: str | os.PathLike | None = None, overwrite
                              schedule=ObsSchedule(every=case.observations.every),
                              missing_fraction=case.observations.missing_fraction,
                              seed=truth_rng, initial_state=x0)
+        if not np.all(np.isfinite(ds["truth"].values)):
+            bad = int(np.argmax(~np.isfinite(ds["truth"].values).all(axis=1)))
+            raise cfg.CaseError(f"model: the truth simulation is not finite from analysis time "
+                                f"{float(ds['time'][bad]):g} (the model is unstable); reduce "
+                                "model.dt (or check the model parameters)")
         stream = ObservationStream.from_twin(ds, operator)
         if not noise.is_diagonal:
             stream.R = noise.cov
@@ -188,7 +194,8 @@ def prepare(case: cfg.Case, *, store: str | os.PathLike | None = None, overwrite
                     path if write else None)
 
 
-def make_writer(p: Prepared, overwrite: bool) -> RunWriter:
+def make_writer(p: Prepared, overwrite: bool, *, resume: bool = False,
+                break_lock: bool = False) -> RunWriter:
     """The store writer of a prepared run, with coordinates and global attributes."""
     case, model = p.case, p.model
     variables = [VarSpec(name, dims, dtype, attrs)
@@ -209,7 +216,7 @@ def make_writer(p: Prepared, overwrite: bool) -> RunWriter:
     attrs = {
         "case_name": case.name,
         "case_description": case.description,
-        "case_config": json.dumps(case.model_dump(mode="json"), sort_keys=True),
+        "case_config": case.model_dump_json(),
         "seed": case.seed,
         "system": model.name,
         "model": repr(model),
@@ -225,7 +232,7 @@ def make_writer(p: Prepared, overwrite: bool) -> RunWriter:
                      sizes={"member": p.ensemble.shape[0], "rank": p.ensemble.shape[0] + 1,
                             "obs": p.operator.obs_dim},
                      attrs=attrs, time_attrs=time_attrs, block=case.output.block,
-                     overwrite=overwrite)
+                     overwrite=overwrite and not resume, resume=resume, break_lock=break_lock)
 
 
 def summarize(series: dict[str, np.ndarray], burn_in: int) -> dict[str, Any]:
@@ -250,32 +257,101 @@ def summarize(series: dict[str, np.ndarray], burn_in: int) -> dict[str, Any]:
     return out
 
 
+def _comparable(config_json: str) -> dict[str, Any]:
+    """A case config without the fields a resumed run may change (length, output)."""
+    d = json.loads(config_json)
+    for key in ("cycles", "output", "expected", "description", "parallel"):
+        d.pop(key, None)
+    return d
+
+
+def summarize_store(path: str | os.PathLike, burn_in: int) -> dict[str, Any]:
+    """:func:`summarize` over every cycle in a store (also the cycles of earlier runs)."""
+    from latentda.cycle import COMPONENT_SCALARS, SCALARS
+    from latentda.io import open_run
+
+    with open_run(path) as ds:
+        series = {"time": ds["time"].values}
+        for k in (*SCALARS, *COMPONENT_SCALARS):
+            series[k] = ds[k].values
+    return summarize(series, burn_in)
+
+
 def run_case(case: cfg.Case, *, store: str | os.PathLike | None = None, overwrite: bool = False,
-             write: bool = True, progress: bool = False) -> tuple[dict[str, Any], Path | None]:
+             write: bool = True, progress: bool = False, resume: bool = False,
+             break_lock: bool = False) -> tuple[dict[str, Any], Path | None]:
     """Run a validated case end to end.
+
+    Parameters
+    ----------
+    resume : bool
+        Continue an existing store from its last complete block (its checkpoint);
+        the result equals an uninterrupted run. The case may ask for more cycles.
+    break_lock : bool
+        Take over a store whose lock was left by a killed run.
 
     Returns
     -------
     (summary, store_path)
         The time-mean diagnostics after burn-in and the store written (None if
         ``write`` is False).
+
+    Raises
+    ------
+    latentda.cycle.DivergenceError
+        When the filter diverged; the store keeps every cycle before it and its
+        ``status`` says when and why.
     """
-    p = prepare(case, store=store, overwrite=overwrite, write=write)
-    writer = make_writer(p, overwrite) if write else None
+    from latentda.cycle import DivergenceError
+    from latentda.io import read_checkpoint
+
+    if resume and not write:
+        raise ValueError("resume needs a store to continue (write=True)")
+    forecaster = Forecaster.from_config(case.parallel)  # validates; starts nothing yet
+    p = prepare(case, store=store, overwrite=overwrite or resume, write=write)
+    if resume:
+        from latentda.io import open_run
+
+        if not p.store.exists():
+            raise FileNotFoundError(f"cannot resume: no store at {p.store}; run without "
+                                    "--resume to start it")
+        with open_run(p.store) as ds:
+            stored = ds.attrs.get("case_config", "{}")
+        if _comparable(stored) != _comparable(case.model_dump_json()):
+            raise ValueError(f"cannot resume {p.store}: it was written by a different case "
+                             "configuration; use --overwrite to start again")
+    writer = make_writer(p, overwrite, resume=resume, break_lock=break_lock) if write else None
     cyc = Cycle(p.model, p.filter, p.operator, p.ensemble,
                 seed=int(np.random.SeedSequence([case.seed, _CYCLES]).generate_state(1)[0]),
-                writer=writer, store_ensemble=case.output.store_ensemble)
+                writer=writer, store_ensemble=case.output.store_ensemble,
+                max_rmse=case.divergence.max_rmse, max_spread=case.divergence.max_spread,
+                forecaster=forecaster)
     try:
+        forecaster.start()  # a cluster that cannot be reached fails before any cycle
+        if resume and writer.n_written > 0:
+            n, arrays, meta = read_checkpoint(p.store)
+            if n != writer.n_written:
+                raise ValueError(f"cannot resume {p.store}: its checkpoint follows cycle {n} but "
+                                 f"{writer.n_written} cycles are stored")
+            cyc.restore(arrays, meta)
         series = cyc.run(p.stream, progress=progress)
+    except DivergenceError as exc:
+        if writer is not None:
+            writer.close(status=str(exc))
+        raise
     except BaseException as exc:
         if writer is not None:
             writer.close(status=f"failed: {type(exc).__name__}: {exc}")
         raise
-    summary = summarize(series, case.burn_in)
+    finally:
+        forecaster.close()  # shuts down a cluster started for this run, never a connected one
+    if writer is not None:
+        writer.close(status="complete")
+        summary = summarize_store(p.store, case.burn_in)
+    else:
+        summary = summarize(series, case.burn_in)
     for c, (name, _) in enumerate(p.model.components()):
         if len(p.model.components()) > 1:
             summary[f"rmse_analysis_{name}"] = summary["rmse_analysis_by_component"][c]
             summary[f"spread_analysis_{name}"] = summary["spread_analysis_by_component"][c]
-    if writer is not None:
-        writer.close(status="complete")
     return summary, p.store

@@ -52,6 +52,10 @@ __all__ = [
     "export_netcdf",
     "run_info",
     "flag_coordinate",
+    "read_checkpoint",
+    "acquire_lock",
+    "release_lock",
+    "StoreLockedError",
 ]
 
 #: dtypes a :class:`VarSpec` may declare
@@ -295,6 +299,83 @@ def _is_zarr_store(path: Path) -> bool:
     return path.is_dir() and any((path / f).exists() for f in ("zarr.json", ".zgroup", ".zattrs"))
 
 
+class StoreLockedError(RuntimeError):
+    """Another writer holds (or held, if stale) the lock of a store."""
+
+
+def lock_path(path: str | os.PathLike) -> Path:
+    """The lock file of a store: ``<store>.lock`` beside it (never inside the zarr tree)."""
+    p = Path(path)
+    return p.with_name(p.name + ".lock")
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # exists, owned by someone else
+        return True
+    return True
+
+
+def acquire_lock(path: str | os.PathLike, *, break_lock: bool = False) -> Path:
+    """Take the single-writer lock of a store (atomic create of ``<store>.lock``).
+
+    Raises
+    ------
+    StoreLockedError
+        If a live process holds the lock, or a stale lock (its process is dead) is
+        found and ``break_lock`` is False; the message names the owner's pid and host.
+    """
+    import socket
+
+    lp = lock_path(path)
+    lp.parent.mkdir(parents=True, exist_ok=True)
+    me = {"pid": os.getpid(), "host": socket.gethostname(),
+          "created": datetime.now(UTC).isoformat(timespec="seconds")}
+    for _ in range(2):
+        try:
+            fd = os.open(lp, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+        except FileExistsError:
+            try:
+                owner = json.loads(lp.read_text() or "{}")
+            except (OSError, ValueError):
+                owner = {}
+            pid, host = owner.get("pid"), owner.get("host", "?")
+            same_host = host == me["host"]
+            alive = (not same_host) or (isinstance(pid, int) and _pid_alive(pid))
+            if alive and not break_lock:
+                where = "" if same_host else " (another host: cannot check it is alive)"
+                raise StoreLockedError(
+                    f"store {str(path)!r} is being written by pid {pid} on host {host}{where}; "
+                    "one writer per store. If that process is gone, pass --break-lock "
+                    "(break_lock=True)") from None
+            if not alive and not break_lock:
+                raise StoreLockedError(
+                    f"store {str(path)!r} has a stale lock from pid {pid} on host {host}, "
+                    "which is no longer running (a killed run); pass --break-lock "
+                    "(break_lock=True) to take it over, with --resume to continue the run") \
+                    from None
+            lp.unlink(missing_ok=True)
+            continue
+        with os.fdopen(fd, "w") as fh:
+            fh.write(json.dumps(me))
+        return lp
+    raise StoreLockedError(f"could not take the lock {lp}")
+
+
+def release_lock(path: str | os.PathLike) -> None:
+    """Remove the lock of a store if this process holds it."""
+    lp = lock_path(path)
+    try:
+        owner = json.loads(lp.read_text())
+    except (OSError, ValueError):
+        return
+    if owner.get("pid") == os.getpid():
+        lp.unlink(missing_ok=True)
+
+
 class RunWriter:
     """Write one run's cycles to a zarr (format 3) store, appended in blocks along ``time``.
 
@@ -341,7 +422,8 @@ class RunWriter:
                  attrs: Mapping[str, Any] | None = None,
                  time_attrs: Mapping[str, Any] | None = None,
                  block: int = 50, chunks: Mapping[str, int] | None = None,
-                 overwrite: bool = False) -> None:
+                 overwrite: bool = False, resume: bool = False,
+                 break_lock: bool = False) -> None:
         # ---- validation (nothing on disk is touched before it all succeeds) ----
         if not isinstance(path, str | os.PathLike) or not os.fspath(path):
             raise ValueError(f"path must be a non-empty str or os.PathLike (got {path!r})")
@@ -424,7 +506,13 @@ class RunWriter:
             if t_attrs.setdefault(key, want) != want:
                 raise ValueError(f"time_attrs[{key!r}] must be {want!r} (got {t_attrs[key]!r})")
 
-        if os.path.lexists(self.path):
+        if resume and overwrite:
+            raise ValueError("resume and overwrite exclude each other: resume continues the "
+                             "store, overwrite replaces it")
+        if resume and not _is_zarr_store(self.path):
+            raise FileNotFoundError(f"cannot resume: {str(self.path)!r} is not an existing run "
+                                    "store; run without --resume to start it")
+        if os.path.lexists(self.path) and not resume:
             if not overwrite:
                 raise FileExistsError(
                     f"output store {str(self.path)!r} already exists; pass --overwrite (CLI) or "
@@ -458,11 +546,20 @@ class RunWriter:
         self.n_written = 0
         self._closed = False
         self._interrupted = False  # a flush failed part-way: some arrays may be longer
+        self._checkpoint: tuple[dict[str, np.ndarray], dict[str, Any]] | None = None
 
-        # ---- create the store ----
-        if os.path.lexists(self.path):
-            shutil.rmtree(self.path)
-        self._create()
+        # ---- take the lock, then create (or reopen) the store ----
+        acquire_lock(self.path, break_lock=break_lock)
+        try:
+            if resume:
+                self._reopen()
+            else:
+                if os.path.lexists(self.path):
+                    shutil.rmtree(self.path)
+                self._create()
+        except BaseException:
+            release_lock(self.path)
+            raise
 
     # ------------------------------------------------------------------------------------------
     @property
@@ -504,13 +601,52 @@ class RunWriter:
             ds.to_zarr(self.path, mode="w-", zarr_format=_ZARR_FORMAT, encoding=encoding,
                        consolidated=True)
 
-    def write(self, time: float, **values: Any) -> None:
+    def _reopen(self) -> None:
+        """Continue an existing store: keep its consistent cycles, drop a partial block."""
+        with _quiet_zarr():
+            view = zarr.open_group(self.path, mode="r", zarr_format=_ZARR_FORMAT,
+                                   use_consolidated=True)
+            names = set(view.array_keys())
+            missing = sorted(set(self.variables) - names)
+            if missing:
+                raise ValueError(f"cannot resume {str(self.path)!r}: it lacks the variables "
+                                 f"{missing} of this run (was it written by another case?); "
+                                 "use --overwrite to start again")
+            for name in self.variables:
+                shape = tuple(view[name].shape[1:])
+                if shape != self._shapes[name]:
+                    raise ValueError(f"cannot resume {str(self.path)!r}: variable {name!r} has "
+                                     f"shape {shape} there but {self._shapes[name]} in this run")
+            n = int(view["time"].shape[0])  # the consolidated (consistent) length
+            old_attrs = dict(view.attrs)
+            times = np.asarray(view["time"][:n]) if n else np.empty(0)
+        self.n_written = n
+        self._last_time = float(times[-1]) if n else -math.inf
+        self._attrs.update({k: v for k, v in old_attrs.items()
+                            if k not in ("status",) and k not in self._attrs})
+        self._attrs["created"] = old_attrs.get("created", self._attrs["created"])
+        self._attrs["status"] = "running"
+        with _quiet_zarr():
+            self._truncate_to_written()  # discard a block half-written when the run died
+            group = zarr.open_group(self.path, mode="r+", zarr_format=_ZARR_FORMAT,
+                                    use_consolidated=False)
+            group.attrs.update({"status": "running"})
+            zarr.consolidate_metadata(self.path, zarr_format=_ZARR_FORMAT)
+
+    def write(self, time: float, *, checkpoint: tuple[Mapping[str, np.ndarray],
+                                                     Mapping[str, Any]] | None = None,
+              **values: Any) -> None:
         """Buffer one cycle; flush when ``block`` cycles are buffered.
 
         Parameters
         ----------
         time : float
             Analysis time, finite and larger than every earlier time.
+        checkpoint : (arrays, meta), optional
+            The state needed to resume after this cycle (e.g. the analysis ensemble and
+            a filter's adaptive parameters). The newest one is stored with each flush,
+            atomically with the block (see :func:`read_checkpoint`). The writer keeps a
+            reference to the arrays: do not modify them afterwards.
         **values : array_like
             One array per VarSpec, of the spec's shape (sizes of its ``dims``) and a
             dtype castable to the spec's dtype. Use NaN for "not available".
@@ -555,6 +691,10 @@ class RunWriter:
         self._times[i] = t
         self._last_time = t
         self._nbuf += 1
+        if checkpoint is not None:
+            arrays, meta = checkpoint
+            self._checkpoint = ({k: np.asarray(v) for k, v in arrays.items()},
+                                json.loads(json.dumps(dict(meta), default=_json_default)))
         if self._nbuf == self.block:
             self.flush()
 
@@ -584,10 +724,38 @@ class RunWriter:
                 buf = self._times if name == "time" else self._buffers[name]
                 arr.resize((n0 + k, *arr.shape[1:]))
                 arr[n0:n0 + k] = buf[:k]
+            old = self._write_checkpoint(group, n0 + k)
             zarr.consolidate_metadata(self.path, zarr_format=_ZARR_FORMAT)
             self._interrupted = False
+            if old:  # only now is the new checkpoint the one readers see
+                cg = group["checkpoint"]
+                for key in old:
+                    with contextlib.suppress(KeyError):
+                        del cg[key]
         self.n_written += k
         self._nbuf = 0
+
+    def _write_checkpoint(self, group: zarr.Group, n: int) -> list[str]:
+        """Store the pending checkpoint as ``checkpoint/<name>_<n>``; return stale keys.
+
+        Nothing outside the ``checkpoint`` subgroup changes, and the previous
+        checkpoint is deleted only after the metadata naming ``n`` cycles has been
+        consolidated, so a kill at any point leaves a checkpoint that matches the
+        consolidated cycle count (:func:`read_checkpoint`).
+        """
+        if self._checkpoint is None:
+            return []
+        arrays, meta = self._checkpoint
+        cg = group.require_group("checkpoint")
+        old = [key for key in cg.array_keys() if not key.endswith(f"_{n}")]
+        names = sorted(arrays)
+        for name in names:
+            arr = cg.create_array(f"{name}_{n}", data=np.ascontiguousarray(arrays[name]),
+                                  overwrite=True)
+            arr.attrs.update({"cycles": n, "arrays": json.dumps(names),
+                              "meta": json.dumps(meta)})
+        self._checkpoint = None
+        return old
 
     def _truncate_to_written(self) -> None:
         group = zarr.open_group(self.path, mode="r+", zarr_format=_ZARR_FORMAT,
@@ -618,9 +786,12 @@ class RunWriter:
             status = "complete"
         if not isinstance(status, str) or not status:
             raise ValueError(f"status must be a non-empty string (got {status!r})")
-        self.flush()
-        self._finish(status)
-        self._closed = True
+        try:
+            self.flush()
+            self._finish(status)
+        finally:
+            self._closed = True
+            release_lock(self.path)
 
     def __enter__(self) -> RunWriter:
         return self
@@ -642,6 +813,7 @@ class RunWriter:
                 self._truncate_to_written()  # keep the store consistent for consolidation
         with contextlib.suppress(Exception):
             self._finish(f"failed: {message[:500]}")
+        release_lock(self.path)
 
     def __repr__(self) -> str:
         state = "closed" if self._closed else "open"
@@ -662,6 +834,35 @@ def _existing_store(path: str | os.PathLike, name: str = "path") -> Path:
     if not _is_zarr_store(p):
         raise ValueError(f"{name} {str(p)!r} is not a zarr store (no zarr.json)")
     return p
+
+
+def read_checkpoint(path: str | os.PathLike) -> tuple[int, dict[str, np.ndarray], dict[str, Any]]:
+    """The checkpoint that matches the store's consistent (consolidated) cycle count.
+
+    Returns
+    -------
+    (n_cycles, arrays, meta)
+        The number of cycles the checkpoint follows, its arrays and its metadata.
+
+    Raises
+    ------
+    ValueError
+        If the store has no checkpoint for its cycle count (no block was flushed yet).
+    """
+    p = _existing_store(path, "store")
+    with _quiet_zarr():
+        view = zarr.open_group(p, mode="r", zarr_format=_ZARR_FORMAT, use_consolidated=True)
+        n = int(view["time"].shape[0])
+        raw = zarr.open_group(p, mode="r", zarr_format=_ZARR_FORMAT, use_consolidated=False)
+        keys = list(raw["checkpoint"].array_keys()) if "checkpoint" in raw.group_keys() else []
+        first = next((k for k in keys if k.endswith(f"_{n}")), None)
+        if n == 0 or first is None:
+            raise ValueError(f"store {str(p)!r} has no checkpoint for its {n} cycles (no block "
+                             "was flushed yet); start the run again with --overwrite")
+        attrs = dict(raw["checkpoint"][first].attrs)
+        arrays = {name: np.asarray(raw["checkpoint"][f"{name}_{n}"][...])
+                  for name in json.loads(attrs["arrays"])}
+    return n, arrays, json.loads(attrs["meta"])
 
 
 def open_run(path: str | os.PathLike) -> xr.Dataset:

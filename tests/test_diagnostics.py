@@ -62,7 +62,7 @@ def test_innovation_statistic_is_one_for_a_consistent_forecast(rng):
 
 
 def test_innovation_woodbury_equals_direct_solve(rng):
-    N, m = 8, 30
+    N, m = 8, 30  # m > N: the Woodbury path
     HE = rng.standard_normal((N, m))
     y = rng.standard_normal(m)
     R = np.diag(rng.uniform(0.5, 2.0, m))

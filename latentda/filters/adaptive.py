@@ -86,6 +86,14 @@ class AdaptiveETKF(EnsembleFilter):
         if not np.isfinite(self.rho):
             self.rho = min(max(self.rho0, self.min_rho), self.max_rho)
 
+    def get_state(self) -> dict[str, float]:
+        """The current covariance inflation ``rho`` (carried from cycle to cycle)."""
+        return {"rho": float(self.rho)}
+
+    def set_state(self, state: dict[str, float]) -> None:
+        """Restore ``rho`` (e.g. when resuming a run)."""
+        self.rho = check_float("state['rho']", state["rho"], positive=True)
+
     def _analyse(self, E: np.ndarray, HE: np.ndarray, obs: Observation,
                  rng: np.random.Generator | None, geometry: Geometry | None,
                  ) -> tuple[np.ndarray, dict[str, float]]:

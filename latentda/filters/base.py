@@ -266,6 +266,19 @@ class EnsembleFilter(ABC):
         E_a, info = self._analyse(E, HE, obs, rng, geometry)
         return AnalysisResult(E=E_a, HE=HE, info=info)
 
+    def get_state(self) -> dict[str, float]:
+        """State the filter carries between cycles (e.g. an adaptive inflation).
+
+        Stateless filters return ``{}``. Stored with run checkpoints so that a
+        resumed run continues exactly; restore it with :meth:`set_state`.
+        """
+        return {}
+
+    def set_state(self, state: dict[str, float]) -> None:
+        """Restore what :meth:`get_state` returned."""
+        if state:
+            raise ValueError(f"{type(self).__name__} carries no state (got {sorted(state)})")
+
     def _check_call(self, E: np.ndarray, obs: Observation, geometry: Geometry | None) -> None:
         """Hook for filter-specific checks, run before ``h`` is evaluated."""
         self._validate_params()

@@ -1,0 +1,31 @@
+"""The README's scripting example runs and reaches the RMSE it prints."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import re
+from pathlib import Path
+
+README = Path(__file__).resolve().parent.parent / "README.md"
+
+
+def python_blocks() -> list[str]:
+    return re.findall(r"```python\n(.*?)```", README.read_text(), flags=re.S)
+
+
+def test_readme_script_runs_and_reaches_its_rmse():
+    blocks = [b for b in python_blocks() if "Cycle(" in b]
+    assert blocks, "README lost its scripting example"
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        exec(compile(blocks[0], "README.md", "exec"), {})
+    rmse = float(out.getvalue().split()[-1])
+    assert 0.1 < rmse < 0.25, rmse  # the README says ≈ 0.18
+
+
+def test_readme_commands_are_the_ci_commands():
+    text = README.read_text()
+    ci = (README.parent / ".ci" / "run").read_text()
+    assert "python -m pytest -q" in text and "\npython -m pytest -q\n" in ci
+    assert 'pip install torch==2.13.0' in text and '"torch==2.13.0"' in ci
