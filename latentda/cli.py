@@ -91,6 +91,14 @@ def cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_report(args: argparse.Namespace) -> int:
+    from latentda.report import make_report
+
+    md = make_report(args.store, args.out)
+    print(f"wrote {md} and its figures")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of the ``latentda`` command."""
     fmt = argparse.ArgumentDefaultsHelpFormatter
@@ -131,6 +139,13 @@ def build_parser() -> argparse.ArgumentParser:
     i = sub.add_parser("info", help="summarise a run store", formatter_class=fmt)
     i.add_argument("store", help="zarr store written by `latentda run`")
     i.set_defaults(func=cmd_info)
+
+    rp = sub.add_parser("report", help="figures and a one-page report.md of a store",
+                        formatter_class=fmt)
+    rp.add_argument("store", help="zarr store written by `latentda run`")
+    rp.add_argument("--out", default=None, help="folder for the figures (default: "
+                                                "<store>_report next to the store)")
+    rp.set_defaults(func=cmd_report)
 
     e = sub.add_parser("export", help="export a finished store to netCDF4", formatter_class=fmt)
     e.add_argument("store", help="zarr store")

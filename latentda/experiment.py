@@ -120,6 +120,20 @@ def _initial_ensemble(case: cfg.Case, model: Dynamics, truth0: np.ndarray | None
     return model.climatology(N, rng)
 
 
+def _check_times_on_grid(times: np.ndarray, model: Dynamics) -> None:
+    """Observation times must lie after t=0 on the model's time grid (index named if not)."""
+    steps = times / model.dt
+    off = np.abs(steps - np.round(steps)) > 1e-6 * np.maximum(1.0, np.abs(steps))
+    early = times <= 0
+    bad = np.flatnonzero(off | early)
+    if bad.size:
+        i = int(bad[0])
+        why = "is not after the start time 0" if early[i] else (
+            f"is not a whole number of model steps (dt = {model.dt:g})")
+        raise cfg.CaseError(f"observations: time {times[i]:g} (time index {i}) {why}; "
+                            "observation times must be model-step multiples after 0")
+
+
 def default_store(case: cfg.Case) -> Path:
     """``runs/<name>.zarr`` unless the case names a path."""
     return Path(case.output.path) if case.output.path else Path("runs") / f"{case.name}.zarr"
@@ -188,6 +202,7 @@ def prepare(case: cfg.Case, *, store: str | os.PathLike | None = None, overwrite
                                    stream.variances[:case.cycles], stream.operator,
                                    None if stream.truth is None else stream.truth[:case.cycles],
                                    stream.initial_truth)
+    _check_times_on_grid(stream.times, model)
     ens_rng = np.random.default_rng([case.seed, _ENSEMBLE])
     E0 = _initial_ensemble(case, model, truth0, ens_rng)
     return Prepared(case, model, operator, stream, E0, build_filter(case.filter),

@@ -250,3 +250,21 @@ def test_generated_case_files_run_or_are_refused(tmp_path_factory, edits):
         return
     ds = open_run(store)
     assert ds.attrs["status"] == "complete" and ds.sizes["time"] == case.cycles
+
+
+def test_user_observation_times_off_the_model_grid_are_refused(tmp_path):
+    times = np.array([0.05, 0.1, 0.17, 0.2])
+    ds = xr.Dataset({"obs_value": (("time", "obs"), np.zeros((4, 2))),
+                     "obs_error_var": ("obs", np.ones(2)),
+                     "obs_state_index": ("obs", np.array([0, 5]))}, coords={"time": times})
+    ds.to_netcdf(tmp_path / "o.nc")
+    case = parse_case({**CASE, "observations": {"file": str(tmp_path / "o.nc")}, "cycles": 4,
+                       "burn_in": 0, "ensemble": {"size": 5}})
+    with pytest.raises(CaseError, match=r"time 0.17 \(time index 2\)"):
+        run_case(case, store=tmp_path / "x.zarr")
+    assert not (tmp_path / "x.zarr").exists()
+    ds.assign_coords(time=[0.05, 0.1, 0.1, 0.2]).to_netcdf(tmp_path / "dup.nc")
+    dup = parse_case({**CASE, "observations": {"file": str(tmp_path / "dup.nc")}, "cycles": 4,
+                      "burn_in": 0, "ensemble": {"size": 5}})
+    with pytest.raises(ValueError, match="offending index 2"):
+        run_case(dup, store=tmp_path / "y.zarr")

@@ -1,0 +1,227 @@
+"""Figures and a one-page summary of a run store: ``latentda report STORE``.
+
+Every figure is a PNG with labelled axes (units from the store's attributes)
+and, for fields, a colorbar; ``report.md`` lists the figures and the
+time-mean numbers after burn-in, and says which command made them.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import xarray as xr
+
+from latentda.io import open_run
+
+
+def _plt():
+    import matplotlib
+
+    matplotlib.use("Agg", force=True)
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _tunit(ds: xr.Dataset) -> str:
+    return str(ds["time"].attrs.get("units", "model time units"))
+
+
+def _save(fig, path: Path) -> Path:
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    _plt().close(fig)
+    return path
+
+
+def fig_skill(ds: xr.Dataset, out: Path) -> Path:
+    """RMSE and spread of forecast and analysis over time."""
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(8, 3.5))
+    t = ds["time"].values
+    for name, style in (("rmse_forecast", "C0--"), ("rmse_analysis", "C0-"),
+                        ("spread_forecast", "C1--"), ("spread_analysis", "C1-")):
+        if name in ds and np.isfinite(ds[name].values).any():
+            ax.plot(t, ds[name].values, style, lw=0.8, label=name.replace("_", " "))
+    if "smoothed" in ds and "rmse_smoothed" in ds:
+        ax.plot(t, ds["rmse_smoothed"].values, "C2-", lw=0.8, label="rmse smoothed")
+    ax.set_xlabel(f"time ({_tunit(ds)})")
+    ax.set_ylabel(f"RMSE / spread ({ds['rmse_analysis'].attrs.get('units', '')})")
+    ax.set_yscale("log")
+    ax.legend(fontsize=8, ncol=2)
+    ax.set_title("Skill over time")
+    return _save(fig, out / "skill.png")
+
+
+def fig_rank_histogram(ds: xr.Dataset, out: Path, burn_in: int) -> Path:
+    """Rank histogram of the truth among forecast members, summed after burn-in."""
+    plt = _plt()
+    counts = ds["rank_histogram"].isel(time=slice(burn_in, None)).sum("time").values
+    fig, ax = plt.subplots(figsize=(5, 3.2))
+    ax.bar(np.arange(counts.size), counts / max(counts.sum(), 1), color="C0")
+    ax.axhline(1.0 / counts.size, color="k", lw=0.8, ls="--", label="flat (reliable)")
+    ax.set_xlabel("rank of the truth among the forecast members")
+    ax.set_ylabel("frequency")
+    ax.legend(fontsize=8)
+    ax.set_title("Rank histogram")
+    return _save(fig, out / "rank_histogram.png")
+
+
+def fig_hovmoller(ds: xr.Dataset, out: Path, max_times: int = 400) -> Path:
+    """Lorenz-96: truth, analysis mean and error as time × variable diagrams."""
+    plt = _plt()
+    sl = slice(max(0, ds.sizes["time"] - max_times), None)
+    t = ds["time"].values[sl]
+    truth, mean = ds["truth"].values[sl], ds["analysis_mean"].values[sl]
+    fig, axes = plt.subplots(1, 3, figsize=(11, 3.6), sharey=True)
+    vmax = np.nanmax(np.abs(truth)) if np.isfinite(truth).any() else np.nanmax(np.abs(mean))
+    for ax, data, title, cmap, lim in (
+            (axes[0], truth, "truth", "RdBu_r", vmax),
+            (axes[1], mean, "analysis mean", "RdBu_r", vmax),
+            (axes[2], mean - truth, "error", "PuOr_r", None)):
+        lim = lim if lim is not None else max(np.nanmax(np.abs(data)), 1e-12) \
+            if np.isfinite(data).any() else 1.0
+        im = ax.pcolormesh(np.arange(data.shape[1]), t, data, cmap=cmap, vmin=-lim, vmax=lim,
+                           shading="auto")
+        ax.set_title(title)
+        ax.set_xlabel("variable index")
+        fig.colorbar(im, ax=ax, label=ds["truth"].attrs.get("units", ""))
+    axes[0].set_ylabel(f"time ({_tunit(ds)})")
+    return _save(fig, out / "hovmoller.png")
+
+
+def fig_shallow_water(ds: xr.Dataset, out: Path, times: list[int] | None = None) -> Path:
+    """Shallow water: truth, analysis mean, error and spread of h at chosen times."""
+    plt = _plt()
+    h = ds["field"].values == 0
+    x = ds["x"].values[h]
+    y = ds["y"].values[h]
+    nx, ny = np.unique(x).size, np.unique(y).size
+    order = np.lexsort((x, y))
+    times = times or sorted({0, ds.sizes["time"] // 2, ds.sizes["time"] - 1})
+
+    def grid(v):
+        return v[h][order].reshape(ny, nx)
+
+    fig, axes = plt.subplots(len(times), 4, figsize=(13, 3.0 * len(times)), squeeze=False)
+    km = 1e-3
+    ext = (x.min() * km, x.max() * km, y.min() * km, y.max() * km)
+    for r, k in enumerate(times):
+        tr, mu = grid(ds["truth"].values[k]), grid(ds["analysis_mean"].values[k])
+        sd = grid(ds["analysis_std"].values[k])
+        ref = tr if np.isfinite(tr).all() else mu
+        lo, hi = np.nanmin(ref), np.nanmax(ref)
+        panels = ((tr, "truth h", "viridis", lo, hi), (mu, "analysis mean h", "viridis", lo, hi),
+                  (mu - tr, "error", "RdBu_r", None, None), (sd, "spread", "magma", 0, None))
+        for c, (data, title, cmap, vmin, vmax) in enumerate(panels):
+            ax = axes[r, c]
+            if title == "error":
+                lim = np.nanmax(np.abs(data)) if np.isfinite(data).any() else 1.0
+                vmin, vmax = -lim, lim
+            im = ax.imshow(data, origin="lower", extent=ext, cmap=cmap, vmin=vmin, vmax=vmax)
+            ax.set_title(f"{title}, t = {float(ds['time'][k]):.4g} {_tunit(ds)}", fontsize=9)
+            ax.set_xlabel("x (km)")
+            ax.set_ylabel("y (km)")
+            fig.colorbar(im, ax=ax, label="m")
+    return _save(fig, out / "shallow_water_fields.png")
+
+
+def fig_lotka_volterra(ds: xr.Dataset, out: Path) -> Path:
+    """Lotka–Volterra: phase portrait of truth and analysis, and parameter estimates."""
+    plt = _plt()
+    names = str(ds["variable"].attrs.get("flag_meanings", "prey predator")).split()
+    n_par = len(names) - 2
+    fig, axes = plt.subplots(1, 2 if n_par > 0 else 1, figsize=(11 if n_par else 5.5, 4),
+                             squeeze=False)
+    ax = axes[0, 0]
+    ax.plot(ds["truth"].values[:, 0], ds["truth"].values[:, 1], "k-", lw=1, label="truth")
+    ax.plot(ds["analysis_mean"].values[:, 0], ds["analysis_mean"].values[:, 1], "C0-", lw=0.8,
+            label="analysis mean")
+    ax.set_xlabel(f"{names[0]} (individuals)")
+    ax.set_ylabel(f"{names[1]} (individuals)")
+    ax.legend(fontsize=8)
+    ax.set_title("Phase portrait")
+    if n_par > 0:
+        ax = axes[0, 1]
+        t = ds["time"].values
+        for j in range(n_par):
+            mu = ds["analysis_mean"].values[:, 2 + j]
+            sd = ds["analysis_std"].values[:, 2 + j]
+            ax.plot(t, mu, f"C{j}-", lw=0.9, label=names[2 + j])
+            ax.fill_between(t, mu - 2 * sd, mu + 2 * sd, color=f"C{j}", alpha=0.2)
+            ax.plot(t, ds["truth"].values[:, 2 + j], f"C{j}--", lw=0.8)
+        ax.set_xlabel(f"time ({_tunit(ds)})")
+        ax.set_ylabel("log-parameter (±2 std; dashed: truth)")
+        ax.legend(fontsize=8, ncol=2)
+        ax.set_title("Parameter posterior")
+    return _save(fig, out / "lotka_volterra.png")
+
+
+def fig_ess(ds: xr.Dataset, out: Path) -> Path:
+    """Effective sample size of particle methods over time."""
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(8, 3))
+    ax.plot(ds["time"].values, ds["ess"].values, "C3-", lw=0.8)
+    ax.set_xlabel(f"time ({_tunit(ds)})")
+    ax.set_ylabel("ESS (particles)")
+    ax.set_title("Effective sample size")
+    return _save(fig, out / "ess.png")
+
+
+def make_report(store: str | os.PathLike, out: str | os.PathLike | None = None) -> Path:
+    """Write the figures of a store and ``report.md`` into ``out`` (default ``<store>_report``).
+
+    Returns
+    -------
+    Path
+        The report's Markdown file.
+    """
+    store = Path(store)
+    ds = open_run(store).load()
+    out = Path(out) if out is not None else store.with_name(store.stem + "_report")
+    out.mkdir(parents=True, exist_ok=True)
+    burn_in = int(ds.attrs.get("burn_in_cycles", 0))
+    burn_in = min(burn_in, max(ds.sizes["time"] - 1, 0))
+    figs = [fig_skill(ds, out), fig_rank_histogram(ds, out, burn_in)]
+    system = ds.attrs.get("system", "")
+    if system == "lorenz96" and np.isfinite(ds["truth"].values).any():
+        figs.append(fig_hovmoller(ds, out))
+    if system == "shallow_water":
+        figs.append(fig_shallow_water(ds, out))
+    if system == "lotka_volterra":
+        figs.append(fig_lotka_volterra(ds, out))
+    if "ess" in ds:
+        figs.append(fig_ess(ds, out))
+    tail = ds.isel(time=slice(burn_in, None))
+    lines = [f"# Report: {ds.attrs.get('case_name', store.stem)}", "",
+             f"Made by `latentda report {store}`. {ds.attrs.get('case_description', '')}".strip(),
+             "", f"- model: `{ds.attrs.get('model', '?')}`",
+             f"- filter: `{ds.attrs.get('filter', '?')}`, N = {ds.sizes.get('member', '?')}",
+             f"- cycles: {ds.sizes['time']} (burn-in {burn_in}), seed {ds.attrs.get('seed')}",
+             f"- status: {ds.attrs.get('status')}", "",
+             "| quantity | forecast | analysis |", "|---|---|---|"]
+    for label, f, a in (("RMSE", "rmse_forecast", "rmse_analysis"),
+                        ("spread", "spread_forecast", "spread_analysis"),
+                        ("CRPS", "crps_forecast", "crps_analysis")):
+        fv, av = float(tail[f].mean()), float(tail[a].mean())
+        lines.append(f"| {label} | {fv:.4g} | {av:.4g} |")
+    lines += ["", f"Normalised innovation: {float(tail['innovation_chi2'].mean()):.3g} "
+              "(about 1 for a consistent filter).", ""]
+    comps = str(ds["component"].attrs.get("flag_meanings", "")).split()
+    if len(comps) > 1:
+        lines += ["| component | analysis RMSE | analysis spread |", "|---|---|---|"]
+        rm = tail["rmse_analysis_by_component"].mean("time").values
+        sp = tail["spread_analysis_by_component"].mean("time").values
+        lines += [f"| {c} | {r:.4g} | {s:.4g} |" for c, r, s in zip(comps, rm, sp, strict=True)]
+        lines.append("")
+    lines += [f"![{p.stem}]({p.name})" for p in figs]
+    cfg = json.loads(ds.attrs.get("case_config", "{}"))
+    if cfg:
+        lines += ["", "<details><summary>case</summary>", "", "```json",
+                  json.dumps(cfg, indent=1), "```", "</details>"]
+    md = out / "report.md"
+    md.write_text("\n".join(lines) + "\n")
+    return md

@@ -1,0 +1,38 @@
+"""`latentda report` renders every figure type for a short run of each system."""
+
+from __future__ import annotations
+
+import pytest
+
+from latentda.cli import main
+from latentda.config import parse_case
+from latentda.experiment import run_case
+
+PNG = b"\x89PNG\r\n\x1a\n"
+
+SYSTEMS = {
+    "lorenz96": ({"system": "lorenz96", "n": 12}, {"kind": "every", "k": 2},
+                 ["skill", "rank_histogram", "hovmoller"]),
+    "shallow_water": ({"system": "shallow_water", "nx": 8, "ny": 8},
+                      {"kind": "strided_grid", "stride": 4}, ["skill", "shallow_water_fields"]),
+    "lotka_volterra": ({"system": "lotka_volterra", "augmented": True},
+                       {"kind": "indices", "indices": [0, 1]}, ["skill", "lotka_volterra"]),
+}
+
+
+@pytest.mark.parametrize("system", SYSTEMS)
+def test_report_renders_figures(system, tmp_path):
+    model, op, figs = SYSTEMS[system]
+    case = parse_case({"name": system, "model": model, "cycles": 6,
+                       "observations": {"operator": op, "error_variance": 0.25},
+                       "ensemble": {"size": 6}, "filter": {"method": "etkf", "inflation": 1.1},
+                       "output": {"block": 3}})
+    _, store = run_case(case, store=tmp_path / "r.zarr")
+    assert main(["report", str(store), "--out", str(tmp_path / "rep")]) == 0
+    md = (tmp_path / "rep" / "report.md").read_text()
+    assert "RMSE" in md and "latentda report" in md
+    for name in figs:
+        png = tmp_path / "rep" / f"{name}.png"
+        data = png.read_bytes()
+        assert data[:8] == PNG and len(data) > 5000, name
+        assert f"({name}.png)" in md
