@@ -130,13 +130,19 @@ def member_batches(N: int, batch_size: int) -> list[slice]:
 
 
 def _step_batch(model: Dynamics, E: np.ndarray, nsteps: int) -> np.ndarray:
-    """The task run on every batch: ``model.step`` (module level, so it pickles by name)."""
+    """The task run on every batch: ``model.step`` (module level, so it pickles by name).
+
+    Arrays unpickled from the network can be unaligned, which Numba treats as a new
+    signature (compiled again in every worker, writing its cache at once): copy them.
+    """
+    if not E.flags.aligned:
+        E = E.copy()
     return model.step(E, nsteps)
 
 
 def _step_block(E: np.ndarray, model: Dynamics, nsteps: int) -> np.ndarray:
     """``map_blocks`` form of :func:`_step_batch` (the block comes first)."""
-    return model.step(E, nsteps)
+    return _step_batch(model, E, nsteps)
 
 
 def _is_dask_array(E: Any) -> bool:
@@ -434,6 +440,10 @@ class Forecaster:
         data = client.scatter([E[s] for s in slices], hash=False)
         futs = [client.submit(_step_batch, mfut, d, nsteps, pure=False) for d in data]
         del data
+        try:
+            return list(client.gather(futs))  # all batches at once, fetched concurrently
+        except CancelledError:
+            pass  # a batch was lost with a dying worker: collect one by one and resubmit
         out: list[np.ndarray] = []
         for i, s in enumerate(slices):
             for attempt in range(self.retries + 1):

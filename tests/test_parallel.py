@@ -255,7 +255,7 @@ def test_local_cluster_store_equals_synchronous(cluster, tmp_path, build):
     with xr.open_zarr(p1) as a, xr.open_zarr(p2) as b:
         assert "forecast" in a and a.sizes["time"] == sync.cycles
         xr.testing.assert_equal(a, b)
-    assert s1 == s2
+    np.testing.assert_equal(s1, s2)
     assert cluster.status.name == "running"  # connected, not owned: left running
 
 
@@ -301,12 +301,12 @@ def test_worker_killed_mid_forecast_is_retried(cluster, tmp_path):
     E = model.climatology(16, np.random.default_rng(3), 100)
     ref = Lorenz96().step(E, 400)
     with Forecaster(cluster.scheduler_address, batch_size=4) as fc:
+        workers_before = set(fc.start().client.run(os.getpid).values())
         out = fc.step(model, E, 400)
-    assert marker.exists(), "no worker was killed"
-    killed = int(marker.read_text())
-    assert killed != os.getpid()
-    with pytest.raises(ProcessLookupError):
-        os.kill(killed, 0)
+        assert marker.exists(), "no worker was killed"
+        killed = int(marker.read_text())
+        assert killed in workers_before  # a worker process of the cluster died mid-forecast
+        assert killed not in set(fc.client.run(os.getpid).values())
     assert np.array_equal(out, ref)
 
 

@@ -262,10 +262,10 @@ class LETKF(EnsembleFilter):
     interpolation of the transforms of the ``2^D`` lattice points around it
     (``weight_interp="linear"``, periodic wrap along periodic axes) or those of
     the nearest one (``"nearest"``, ties to the lower lattice point). A variable
-    located *on* an analysis point gets exactly the LETKF analysis. The cost of
-    the eigenproblems falls by the ratio of variable locations to analysis
-    points; the ``(P, N, N)`` transforms of the ``P`` analysis points are held in
-    memory. Distinct values count interleaved staggered positions separately: on
+    located *on* an analysis point gets the exact LETKF analysis (to round-off).
+    The cost of the eigenproblems falls by the ratio of variable locations to
+    analysis points; the ``(P, N, N)`` transforms of the ``P`` analysis points
+    are held in memory. Distinct values count interleaved staggered positions separately: on
     the shallow-water C-grid (``h``, ``u``, ``v`` half a cell apart)
     ``weight_stride=2`` puts the analysis points on every ``h`` point and ``4``
     on every second ``h`` point in each direction. The weights vary on the scale
