@@ -34,8 +34,10 @@ Nothing starts at import: Dask is imported, and clusters started or connected,
 only when a forecast (or :meth:`Forecaster.start`) needs them. Worker processes
 started here run every library with one thread (``NUMBA_NUM_THREADS``,
 ``OMP_NUM_THREADS``, ``MKL_NUM_THREADS``, ``OPENBLAS_NUM_THREADS`` = 1; torch
-reads ``OMP_NUM_THREADS``); under threads, BLAS/OpenMP pools and torch are capped
-to one thread while the batches run. Ensemble batches are scattered to the
+reads ``OMP_NUM_THREADS``), set through Dask's ``distributed.nanny.pre-spawn-environ``
+(which, as for Dask's own defaults, also writes them into this process's
+environment); under threads, BLAS/OpenMP pools and torch are capped to one
+thread while the batches run. Ensemble batches are scattered to the
 workers (never embedded in the task graph); a batch lost with a dying worker is
 scattered again and resubmitted (``retries``). Only the caller writes stores:
 workers return arrays, so each zarr store keeps a single writer.
@@ -78,9 +80,10 @@ SCHEDULERS = ("auto", "synchronous", "threads", "processes", "distributed")
 #: address schemes of distributed schedulers
 ADDRESS_SCHEMES = ("tcp://", "tls://", "inproc://", "ucx://", "ws://", "wss://")
 #: work, in member-variable-steps (N * n * nsteps), below which "auto" stays synchronous.
-#: Measured (benchmarks/scaling.py): the threaded path costs ~0.2-0.4 ms per forecast, and
-#: the fastest kernel (Lorenz-96) runs ~4e8 variable-steps/s, so two threads only win above
-#: ~2 * 0.3 ms * 4e8 = 2.4e5; the threshold keeps a margin of ~10x for a loaded machine.
+#: Measured (benchmarks/scaling.py, 2 cores): the threaded path costs 0.2 ms (bare Dask
+#: scheduler, quiet machine) to 0.8 ms (shared machine) per forecast and the fastest kernel
+#: (Lorenz-96) runs ~3.6e8 variable-steps/s, so two threads break even at 2 * overhead * rate
+#: = 1.5e5-6e5; measured, threads lose at 8e5 (0.9x) and win at 3.2e6 (1.2x).
 AUTO_THRESHOLD = 2_000_000
 #: environment variables that size the thread pools of Numba, OpenMP (torch), MKL, OpenBLAS
 INNER_THREAD_VARS = ("NUMBA_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS",
@@ -283,15 +286,20 @@ class Forecaster:
         if self.scheduler == "processes":
             import logging
 
+            import dask
             from distributed import LocalCluster
 
             n = self.n_workers or usable_cores()
-            self._cluster = LocalCluster(
-                n_workers=n, threads_per_worker=1, processes=True, host="127.0.0.1",
-                dashboard_address=None,  # and its health/HTTP routes on a free port:
-                scheduler_kwargs={"dashboard": False, "dashboard_address": ":0"},
-                silence_logs=logging.ERROR,
-                env=dict.fromkeys(INNER_THREAD_VARS, "1"))
+            # set before each worker process is spawned (also on restarts), so they hold
+            # even for libraries imported while the child unpickles its __main__ module
+            key = "distributed.nanny.pre-spawn-environ"
+            caps = {**dask.config.get(key, {}), **dict.fromkeys(INNER_THREAD_VARS, 1)}
+            with dask.config.set({key: caps}):
+                self._cluster = LocalCluster(
+                    n_workers=n, threads_per_worker=1, processes=True, host="127.0.0.1",
+                    dashboard_address=None,  # and its health/HTTP routes on a free port:
+                    scheduler_kwargs={"dashboard": False, "dashboard_address": ":0"},
+                    silence_logs=logging.ERROR)
             try:
                 self._client = Client(self._cluster, set_as_default=False)
             except BaseException:
