@@ -10,6 +10,7 @@ from dataclasses import dataclass
 
 import numpy as np
 from numba import njit
+from scipy.linalg import solve_triangular
 
 
 def rmse(mean: np.ndarray, truth: np.ndarray) -> float:
@@ -64,6 +65,24 @@ def rank_histogram(E: np.ndarray, truth: np.ndarray) -> np.ndarray:
     return np.bincount(below, minlength=N + 1).astype(np.int64)
 
 
+def _spd_solve(A: np.ndarray, b: np.ndarray, floor: float | None = None) -> np.ndarray:
+    """Solve ``A x = b`` for a symmetric positive-definite ``A``.
+
+    Cholesky first (cheap); if round-off makes ``A`` numerically indefinite, an
+    eigen-decomposition with floored eigenvalues (``floor``, default relative
+    1e-14) so that degenerate ensembles never raise.
+    """
+    A = 0.5 * (A + A.T)
+    try:
+        L = np.linalg.cholesky(A)
+        y = solve_triangular(L, b, lower=True, check_finite=False)
+        return solve_triangular(L.T, y, lower=False, check_finite=False)
+    except np.linalg.LinAlgError:
+        w, V = np.linalg.eigh(A)
+        lo = floor if floor is not None else max(w[-1], 0.0) * 1e-14 + 1e-300
+        return V @ ((V.T @ b) / np.maximum(w, lo))
+
+
 def innovation_statistics(HE: np.ndarray, y: np.ndarray, R: np.ndarray) -> tuple[float, float]:
     """Innovation RMS and the normalised innovation ``d^T (H P H^T + R)^{-1} d / m``.
 
@@ -90,14 +109,10 @@ def innovation_statistics(HE: np.ndarray, y: np.ndarray, R: np.ndarray) -> tuple
         rinv = 1.0 / np.diag(R)
         Yr = Y * rinv  # (N, m) = Y R^{-1}
         small = np.eye(N) + Yr @ Y.T  # symmetric, eigenvalues >= 1 in exact arithmetic
-        w, V = np.linalg.eigh(0.5 * (small + small.T))
-        u = V.T @ (Yr @ d)
-        chi2 = float(d @ (rinv * d) - u @ (u / np.maximum(w, 1.0)))
+        u = Yr @ d
+        chi2 = float(d @ (rinv * d) - u @ _spd_solve(small, u, floor=1.0))
     else:
-        S = Y.T @ Y + R
-        w, V = np.linalg.eigh(0.5 * (S + S.T))
-        u = V.T @ d
-        chi2 = float(u @ (u / np.maximum(w, w[-1] * 1e-14)))
+        chi2 = float(d @ _spd_solve(Y.T @ Y + R, d))
     return rms, chi2 / m
 
 
