@@ -62,6 +62,8 @@ SCALARS: dict[str, tuple[str, str]] = {
     "innovation_chi2": ("normalised innovation d'(HPH'+R)^-1 d / m (about 1 if consistent)",
                         "1"),
     "inflation": ("multiplicative inflation applied in the analysis", "1"),
+    "jitter": ("largest eigenvalue floor added in the analysis to keep matrices positive "
+               "definite (0: none needed)", "1"),
 }
 
 
@@ -251,6 +253,7 @@ class Cycle:
             scalars["innovation_rms"] = inn_rms
             scalars["innovation_chi2"] = inn_chi2
             scalars["inflation"] = float(res.info.get("inflation", self.filter.inflation))
+            scalars["jitter"] = float(res.info.get("jitter", np.nan))
         else:
             Ea = Ef.copy()
         if not np.all(np.isfinite(Ea)):

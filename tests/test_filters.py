@@ -118,7 +118,7 @@ def test_etkf_equals_kalman_update(m: int, full_R: bool) -> None:
     assert_close(mu, xa, 1e-10)
     assert_close(P, Pa, 1e-10)
     np.testing.assert_array_equal(res.HE, obs.h(E))
-    assert res.info == {"inflation": 1.0}
+    assert res.info["inflation"] == 1.0 and 0.0 <= res.info["jitter"] < 1e-10
 
 
 def test_etkf_mean_preserving_and_zero_sum() -> None:
@@ -725,3 +725,22 @@ def test_registry_and_reprs_label_runs() -> None:
         "LETKF(inflation=1.0, radius=4.0, taper='gaspari_cohn', weight_stride=2, " \
         "weight_interp='nearest')"
     assert repr(EnKF_N()) == "EnKF_N(inflation=1.0)"
+
+
+def test_eigenvalue_floors_are_recorded_as_jitter(monkeypatch):
+    rng = np.random.default_rng(7)
+    E = rng.standard_normal((4, 6))  # N = 4 < m = 6: the ensemble-space (N x N) paths
+    obs = Observation(y=rng.standard_normal(6), R=np.eye(6), h=lambda X: X)
+    res = ETKF().analyse(E, obs, None)
+    assert 0.0 <= res.info["jitter"] < 1e-12  # well conditioned: round-off at most
+    real_eigh = np.linalg.eigh
+
+    def low_eigh(a, *args, **kwargs):  # the smallest eigenvalue falls 0.25 below N - 1 = 3
+        w, v = real_eigh(a, *args, **kwargs)
+        w = w.copy()
+        w[..., 0] = 3.0 - 0.25
+        return w, v
+
+    monkeypatch.setattr(np.linalg, "eigh", low_eigh)
+    assert ETKF().analyse(E, obs, None).info["jitter"] == pytest.approx(0.25)
+    assert EnKF().analyse(E, obs, rng).info["jitter"] == pytest.approx(0.25)

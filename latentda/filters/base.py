@@ -8,6 +8,7 @@ whose ``h`` maps ``(N, d) -> (N, m)``. Localizing filters also need a
 
 from __future__ import annotations
 
+import contextvars
 import math
 from abc import ABC, abstractmethod
 from collections.abc import Callable
@@ -20,7 +21,23 @@ from latentda._validate import check_float, check_rng
 from latentda.filters.localization import as_period
 from latentda.linalg import is_diagonal, sym_inv_sqrt
 
-__all__ = ["Observation", "Geometry", "AnalysisResult", "EnsembleFilter"]
+__all__ = ["Observation", "Geometry", "AnalysisResult", "EnsembleFilter", "record_jitter"]
+
+#: largest eigenvalue floor applied during the current analysis (see record_jitter)
+_JITTER: contextvars.ContextVar[list[float] | None] = contextvars.ContextVar(
+    "latentda_analysis_jitter", default=None)
+
+
+def record_jitter(amount: float) -> None:
+    """Note that an eigenvalue was raised by ``amount`` to keep a matrix positive definite.
+
+    Inside :meth:`EnsembleFilter.analyse` the largest such amount is reported as
+    ``info["jitter"]`` (0 when no eigenvalue needed raising), which the cycling
+    engine writes to the dataset. Outside an analysis it does nothing.
+    """
+    acc = _JITTER.get()
+    if acc is not None and amount > acc[0]:
+        acc[0] = float(amount)
 
 
 def _as_locations(name: str, loc: Any, rows: int | None) -> np.ndarray:
@@ -263,7 +280,13 @@ class EnsembleFilter(ABC):
                                  f"(got {geometry.d})")
         self._check_call(E, obs, geometry)
         HE = self._observe(obs, E)
-        E_a, info = self._analyse(E, HE, obs, rng, geometry)
+        token = _JITTER.set([0.0])
+        try:
+            E_a, info = self._analyse(E, HE, obs, rng, geometry)
+            jitter = _JITTER.get()[0]
+        finally:
+            _JITTER.reset(token)
+        info = {**info, "jitter": jitter}
         return AnalysisResult(E=E_a, HE=HE, info=info)
 
     def get_state(self) -> dict[str, float]:
@@ -336,6 +359,7 @@ def ensemble_eigh(Yw: np.ndarray, N1: float, scale2: float = 1.0,
         C *= scale2
     C.flat[:: N + 1] += N1
     lam, V = np.linalg.eigh(C)
+    record_jitter(N1 - float(lam[0]))
     np.maximum(lam, N1, out=lam)
     return lam, V
 
@@ -405,6 +429,7 @@ def batched_transforms(Yl: np.ndarray, dl: np.ndarray, N1: float, inflation: flo
         C.reshape(G, N * N)[:, :: N + 1] += N1
         b = np.matmul(Yl, dl[:, :, None])  # (G, N, 1)
         lam, V = np.linalg.eigh(C)
+        record_jitter(N1 - float(lam[:, 0].min()))
         np.maximum(lam, N1, out=lam)
         VT = V.transpose(0, 2, 1)
         w = np.matmul(V, np.matmul(VT, b) / lam[:, :, None])  # (G, N, 1)
@@ -412,6 +437,7 @@ def batched_transforms(Yl: np.ndarray, dl: np.ndarray, N1: float, inflation: flo
     elif form == "obs":
         S = np.matmul(YlT, Yl)  # (G, K, K)
         s2, U = np.linalg.eigh(S)
+        record_jitter(-float(s2[:, 0].min()))
         np.maximum(s2, 0.0, out=s2)
         UT = U.transpose(0, 2, 1)
         q = np.sqrt(s2 + N1)

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from latentda.filters.base import EnsembleFilter, Geometry, Observation
+from latentda.filters.base import EnsembleFilter, Geometry, Observation, record_jitter
 
 __all__ = ["EnKF"]
 
@@ -47,6 +47,7 @@ def perturbed_obs_update(E: np.ndarray, HE: np.ndarray, obs: Observation, Z: np.
         S = Yw.T @ Yw
         S.flat[:: m + 1] += N1
         lam, U = np.linalg.eigh(S)  # eigenvalues >= N1 mathematically
+        record_jitter(N1 - float(lam[0]))
         np.maximum(lam, N1, out=lam)
         G = Yw.T @ A  # (m, d)
         coef = ((innov @ U) / lam) @ U.T  # (N, m): innov S^{-1}
@@ -55,6 +56,7 @@ def perturbed_obs_update(E: np.ndarray, HE: np.ndarray, obs: Observation, Z: np.
         C = Yw @ Yw.T
         C.flat[:: N + 1] += N1
         lam, V = np.linalg.eigh(C)
+        record_jitter(N1 - float(lam[0]))
         np.maximum(lam, N1, out=lam)
         Wt = ((innov @ Yw.T) @ V / lam) @ V.T  # (N, N): innov Yw^T C^{-1}
         return E + Wt @ A
