@@ -137,7 +137,7 @@ def bench_overhead(repeats: int) -> dict:
     return out
 
 
-def bench_small_cycle(repeats: int, cycles: int = 300) -> dict:
+def bench_small_cycle(repeats: int, cycles: int = 1000) -> dict:
     """End-to-end small case (L96 ETKF N=40, every step observed): no forecaster vs auto."""
     from latentda.cycle import Cycle
     from latentda.dynamics import Lorenz96
