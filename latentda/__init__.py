@@ -16,7 +16,7 @@ except PackageNotFoundError:  # pragma: no cover - running from a source tree
     __version__ = "0+unknown"
 
 _SUBMODULES = ("dynamics", "observations", "twin", "filters", "spaces", "diagnostics", "io",
-               "cycle", "config")
+               "cycle", "config", "priors", "parallel", "report", "experiment")
 
 __all__ = ["__version__", *_SUBMODULES]
 
