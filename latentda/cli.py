@@ -51,8 +51,6 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     overrides = {"cycles": args.cycles, "seed": args.seed}
     case = load_case(args.case, **overrides)
-    if args.cycles is not None and case.burn_in >= case.cycles:
-        case = case.model_copy(update={"burn_in": case.cycles // 10})
     case = with_parallel(case, scheduler=args.scheduler, n_workers=args.workers,
                          batch_size=args.batch_size)
     summary, store = run_case(case, store=args.out, overwrite=args.overwrite,

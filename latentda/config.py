@@ -362,6 +362,9 @@ def parse_case(data: Any, source: str = "<dict>") -> Case:
 def load_case(path: str | os.PathLike, **overrides: Any) -> Case:
     """Read and validate a YAML case file; ``overrides`` replace top-level fields.
 
+    Overriding ``cycles`` below the case's ``burn_in`` (a quick try of a long case)
+    shortens the burn-in to a tenth of the cycles.
+
     Raises
     ------
     CaseError
@@ -375,7 +378,12 @@ def load_case(path: str | os.PathLike, **overrides: Any) -> Case:
     except yaml.YAMLError as err:
         raise CaseError(f"case file {p} is not valid YAML: {err}") from None
     if isinstance(data, dict):
-        data = {**data, **{k: v for k, v in overrides.items() if v is not None}}
+        given = {k: v for k, v in overrides.items() if v is not None}
+        data = {**data, **given}
+        burn_in = data.get("burn_in", 0)
+        if ("cycles" in given and "burn_in" not in given and isinstance(burn_in, int)
+                and isinstance(given["cycles"], int) and burn_in >= given["cycles"]):
+            data["burn_in"] = given["cycles"] // 10  # a shortened run keeps a 10 % burn-in
     return parse_case(data, str(p))
 
 

@@ -198,12 +198,14 @@ class Cycle:
         return self.E
 
     def _observation(self, y: np.ndarray, var: np.ndarray, valid: np.ndarray) -> Observation:
-        op, space = self.operator, self.space
+        op = self.operator
         sel = valid if not valid.all() else None
 
-        def h(Z: np.ndarray) -> np.ndarray:
-            HX = op(space.decode(Z))
+        def h_valid(X: np.ndarray) -> np.ndarray:
+            HX = op(X)
             return HX if sel is None else HX[:, sel]
+
+        h = self.space.observe(h_valid)
 
         loc = None if self._obs_loc is None else self._obs_loc[valid]
         R = np.diag(var[valid]) if var.ndim == 1 else var[np.ix_(valid, valid)]
@@ -273,10 +275,7 @@ class Cycle:
             raise DivergenceError(self.t, f"analysis spread {an.spread:.4g} > max_spread "
                                   f"{self.max_spread:g}")
         self.E = Ea
-        by_comp = self._by_component(Ef, Ea, truth)
-        if len(self.components) == 1:
-            for k in COMPONENT_SCALARS:
-                by_comp[k][0] = scalars[k.removesuffix("_by_component")]
+        by_comp = self._by_component(Ef, Ea, truth, scalars)
         rec = CycleRecord(time=self.t, scalars=scalars, obs_valid=int(valid.sum()),
                           rank_histogram=ranks, forecast=Ef, analysis=Ea, truth=truth,
                           obs_value=y, by_component=by_comp,
@@ -310,11 +309,12 @@ class Cycle:
         self.cycle_index = int(meta["cycle_index"])
         self.filter.set_state(meta.get("filter_state") or {})
 
-    def _by_component(self, Ef: np.ndarray, Ea: np.ndarray,
-                      truth: np.ndarray | None) -> dict[str, np.ndarray]:
+    def _by_component(self, Ef: np.ndarray, Ea: np.ndarray, truth: np.ndarray | None,
+                      scalars: dict[str, float]) -> dict[str, np.ndarray]:
+        if len(self.components) == 1:  # one component: the whole-state scores
+            return {k: np.array([scalars[k.removesuffix("_by_component")]])
+                    for k in COMPONENT_SCALARS}
         out = {k: np.full(len(self.components), np.nan) for k in COMPONENT_SCALARS}
-        if len(self.components) == 1:  # one component: the whole-state scores (filled by caller)
-            return out
         for c, (_, idx) in enumerate(self.components):
             out["spread_forecast_by_component"][c] = dg.spread(Ef[:, idx])
             out["spread_analysis_by_component"][c] = dg.spread(Ea[:, idx])

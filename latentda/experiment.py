@@ -225,7 +225,8 @@ def make_writer(p: Prepared, overwrite: bool, *, resume: bool = False,
             "flag_values": list(range(len(model.components()))),
             "flag_meanings": " ".join(nm for nm, _ in model.components())}),
     }
-    if len(set(np.round(np.diff(p.stream.variances, axis=0), 15).ravel())) <= 1:
+    if np.array_equal(p.stream.variances, np.broadcast_to(p.stream.variances[0],
+                                                          p.stream.variances.shape)):
         coords["obs_error_var"] = ("obs", p.stream.variances[0], {
             "long_name": "observation error variance", "units": "model units squared"})
     attrs = {

@@ -496,20 +496,17 @@ class RunWriter:
         """Whether :meth:`close` has run."""
         return self._closed
 
-    def _dataset(self, k: int, *, with_meta: bool) -> xr.Dataset:
-        data = {}
-        for name, spec in self.variables.items():
-            values = self._buffers[name][:k]
-            data[name] = (("time", *spec.dims), values, dict(spec.attrs) if with_meta else {})
-        coords: dict[str, Any] = {
-            "time": ("time", self._times[:k].copy(), dict(self._time_attrs) if with_meta else {})}
-        if with_meta:
-            coords.update({n: (c.dims, c.values, dict(c.attrs)) for n, c in self._coords.items()})
-        # global attributes travel with every append: xarray rewrites them on each to_zarr
+    def _empty_dataset(self) -> xr.Dataset:
+        """The store's layout with zero cycles: every variable, coordinate and attribute."""
+        data = {name: (("time", *spec.dims), self._buffers[name][:0], dict(spec.attrs))
+                for name, spec in self.variables.items()}
+        coords: dict[str, Any] = {"time": ("time", self._times[:0].copy(),
+                                           dict(self._time_attrs))}
+        coords.update({n: (c.dims, c.values, dict(c.attrs)) for n, c in self._coords.items()})
         return xr.Dataset(data, coords=coords, attrs=dict(self._attrs))
 
     def _create(self) -> None:
-        ds = self._dataset(0, with_meta=True)
+        ds = self._empty_dataset()
         encoding: dict[str, dict[str, Any]] = {
             "time": {"chunks": (self.block,), "_FillValue": None}}
         for name, spec in self.variables.items():

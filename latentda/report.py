@@ -82,8 +82,8 @@ def fig_hovmoller(ds: xr.Dataset, out: Path, max_times: int = 400) -> Path:
             (axes[0], truth, "truth", "RdBu_r", vmax),
             (axes[1], mean, "analysis mean", "RdBu_r", vmax),
             (axes[2], mean - truth, "error", "PuOr_r", None)):
-        lim = lim if lim is not None else max(np.nanmax(np.abs(data)), 1e-12) \
-            if np.isfinite(data).any() else 1.0
+        if lim is None:  # the error panel: symmetric about 0 on its own scale
+            lim = max(np.nanmax(np.abs(data)), 1e-12) if np.isfinite(data).any() else 1.0
         im = ax.pcolormesh(np.arange(data.shape[1]), t, data, cmap=cmap, vmin=-lim, vmax=lim,
                            shading="auto")
         ax.set_title(title)

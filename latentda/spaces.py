@@ -53,7 +53,7 @@ class StateSpace:
 
     def observe(self, h: Callable[[np.ndarray], np.ndarray]) -> Callable[[np.ndarray], np.ndarray]:
         """The observation function of the analysed variables: ``h ∘ decode``."""
-        return h
+        return lambda Z: h(self.decode(Z))
 
     @classmethod
     def for_model(cls, model) -> StateSpace:

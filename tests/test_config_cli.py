@@ -121,3 +121,13 @@ def test_benchmark_tables_are_current():
     import make_tables
 
     assert make_tables.main(["--check"]) == 0
+
+
+def test_shortening_a_case_shortens_its_burn_in(tmp_path):
+    path = tmp_path / "long.yaml"
+    path.write_text("# long\n" + yaml.safe_dump(base(cycles=600, burn_in=500)))
+    assert load_case(path, cycles=40).burn_in == 4
+    assert load_case(path, cycles=40, burn_in=3).burn_in == 3
+    assert load_case(path).burn_in == 500
+    with pytest.raises(CaseError, match="burn_in"):
+        load_case(path, burn_in=700)
