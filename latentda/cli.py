@@ -1,4 +1,4 @@
-"""Command-line interface: ``latentda run | cases | info | export``.
+"""Command-line interface: ``latentda run | cases | info | report | export | train-prior``.
 
 Errors in the user's input print one clear message and exit with code 2 (no
 traceback); a run stopped by a divergence check exits with code 3 (the store keeps
@@ -97,6 +97,25 @@ def cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_train_prior(args: argparse.Namespace) -> int:
+    from latentda.prior_training import load_prior_config, train_prior
+
+    pc = load_prior_config(args.config)
+    if args.steps is not None and args.steps < 1:
+        raise ValueError(f"--steps must be >= 1 (got {args.steps})")
+    prior, card = train_prior(pc, args.config, overwrite=args.overwrite, device=args.device,
+                              steps=args.steps, progress=not args.quiet, out=args.out)
+    m = card["metrics"]
+    print(f"{pc.name}: {prior!r}, trained {card['train_seconds']:.0f} s on {card['device']}")
+    for key in ("recon_rmse", "recon_rel_error", "nll", "nll_gain_over_gaussian",
+                "active_units", "sample_mean_error", "sample_std_error"):
+        if key in m:
+            print(f"  {key:24s} {_fmt(float(m[key]))}")
+    print(f"  wrote {card['checkpoint']['file']} ({card['checkpoint']['bytes'] / 1e6:.2f} MB) "
+          "with its model card (.json, .md)")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of the ``latentda`` command."""
     fmt = argparse.ArgumentDefaultsHelpFormatter
@@ -144,6 +163,20 @@ def build_parser() -> argparse.ArgumentParser:
     rp.add_argument("--out", default=None, help="folder for the figures (default: "
                                                 "<store>_report next to the store)")
     rp.set_defaults(func=cmd_report)
+
+    t = sub.add_parser("train-prior", help="simulate a climatology and train a generative "
+                       "prior; writes NAME.pt, NAME.json and NAME.md (the model card)",
+                       formatter_class=fmt)
+    t.add_argument("config", help="prior config (YAML), e.g. models/l96_vae_k32.yaml")
+    t.add_argument("--out", default=None, help="checkpoint path (default: the config's "
+                                               "output, else NAME.pt next to the config)")
+    t.add_argument("--device", default=None, choices=["auto", "cpu", "cuda"],
+                   help="torch device (default: the config's device)")
+    t.add_argument("--steps", type=int, default=None,
+                   help="override the optimizer-step budget (a quick try)")
+    t.add_argument("--overwrite", action="store_true", help="replace existing outputs")
+    t.add_argument("--quiet", action="store_true", help="no progress bars")
+    t.set_defaults(func=cmd_train_prior)
 
     e = sub.add_parser("export", help="export a finished store to netCDF4", formatter_class=fmt)
     e.add_argument("store", help="zarr store")

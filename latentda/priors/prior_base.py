@@ -9,6 +9,20 @@ device and one back per call, so that filters (numpy, float64) never see torch:
 - ``sample(n, seed) -> X``; ``log_prob(X)`` where tractable;
 - ``latent_dim``, ``state_dim``, ``device``, ``dtype``, ``residual_cov``.
 
+Networks work on standardized states ``(x - shift) / scale``: the buffers
+``shift`` and ``scale`` (set once from the training climatology by
+:meth:`Prior.set_normalization`) travel with the checkpoint, and
+:meth:`Prior.normalize` / :meth:`Prior.denormalize` convert. The off-manifold
+residual ``x - G(E(x))`` is measured on held-out climatology by
+:meth:`Prior.fit_residual` and stored as the buffers ``res_mean`` and
+``res_cov`` (full ``(n, n)`` up to :data:`FULL_RESIDUAL_MAX` variables, the
+diagonal ``(n,)`` above).
+
+Training hooks used by :mod:`latentda.priors.training`: ``training_loss(x)``
+(standardized batch -> scalar loss and logged floats), ``make_optimizers`` and
+``train_step`` (overridden by two-player families such as the WGAN-GP), and
+``validation_metrics`` (physical-unit quality numbers on a held-out batch).
+
 Checkpoints hold the family, its constructor config and the ``state_dict``
 (loaded with ``weights_only=True``); see :func:`save` and :func:`load`.
 """
@@ -22,6 +36,9 @@ from typing import Any, ClassVar
 
 import numpy as np
 import torch
+
+#: largest state dimension whose residual covariance is stored in full (else its diagonal)
+FULL_RESIDUAL_MAX = 4096
 
 #: family name -> class, filled by :func:`register`
 FAMILIES: dict[str, type[Prior]] = {}
@@ -61,6 +78,31 @@ class Prior(torch.nn.Module, ABC):
         self.state_dim = int(state_dim)
         self.latent_dim = int(latent_dim)
         self._dtype = dtype
+        n = self.state_dim
+        self.register_buffer("shift", torch.zeros(n, dtype=dtype))
+        self.register_buffer("scale", torch.ones(n, dtype=dtype))
+        self.register_buffer("res_mean", torch.zeros(n, dtype=torch.float64))
+        self.register_buffer("res_cov", torch.zeros((n, n) if n <= FULL_RESIDUAL_MAX else (n,),
+                                                    dtype=torch.float64))
+
+    # ---------------------------------------------------------------- standardization
+    def set_normalization(self, shift: np.ndarray, scale: np.ndarray) -> None:
+        """Set the per-variable standardization ``(x - shift) / scale`` (scale > 0)."""
+        shift = np.broadcast_to(np.asarray(shift, dtype=np.float64), (self.state_dim,)).copy()
+        scale = np.broadcast_to(np.asarray(scale, dtype=np.float64), (self.state_dim,)).copy()
+        if not (np.isfinite(shift).all() and np.isfinite(scale).all() and (scale > 0).all()):
+            raise ValueError("normalization shift must be finite and scale finite and > 0")
+        with torch.no_grad():
+            self.shift.copy_(torch.as_tensor(shift))
+            self.scale.copy_(torch.as_tensor(scale))
+
+    def normalize(self, x: torch.Tensor) -> torch.Tensor:
+        """Physical -> standardized state."""
+        return (x - self.shift) / self.scale
+
+    def denormalize(self, xn: torch.Tensor) -> torch.Tensor:
+        """Standardized -> physical state."""
+        return xn * self.scale + self.shift
 
     # ---------------------------------------------------------------- torch-level maps
     @abstractmethod
@@ -78,6 +120,112 @@ class Prior(torch.nn.Module, ABC):
     @abstractmethod
     def config(self) -> dict[str, Any]:
         """Constructor arguments that rebuild this prior (JSON-serialisable)."""
+
+    # ---------------------------------------------------------------- projection
+    def project_t(self, x: torch.Tensor, z0: torch.Tensor | None = None, steps: int = 200,
+                  lam: float = 1e-3, lr: float = 0.05) -> torch.Tensor:
+        """``argmin_z ||(x - G(z)) / scale||^2 + lam ||z||^2`` by Adam, batched.
+
+        A fixed budget of ``steps`` Adam iterations from ``z0`` (zeros when None) on
+        the standardized misfit, all members at once; each member's code only
+        depends on its own state. Used as the encoder of decoder-only priors.
+        """
+        z = (torch.zeros(x.shape[0], self.latent_dim, dtype=x.dtype, device=x.device)
+             if z0 is None else z0.detach().clone())
+        z.requires_grad_(True)
+        xn = self.normalize(x).detach()
+        opt = torch.optim.Adam([z], lr=lr)
+        req = [p.requires_grad for p in self.parameters()]
+        for p in self.parameters():
+            p.requires_grad_(False)
+        try:
+            with torch.enable_grad():
+                for _ in range(int(steps)):
+                    opt.zero_grad(set_to_none=True)
+                    r = self.normalize(self.decode_t(z)) - xn
+                    loss = (r * r).sum() + lam * (z * z).sum()
+                    loss.backward()
+                    opt.step()
+        finally:
+            for p, r_ in zip(self.parameters(), req, strict=True):
+                p.requires_grad_(r_)
+        return z.detach()
+
+    # ---------------------------------------------------------------- residual
+    @torch.no_grad()
+    def reconstruct(self, X: np.ndarray, batch: int = 1024) -> np.ndarray:
+        """``G(E(x))`` for a batch of states, in chunks of ``batch`` (float64)."""
+        X = np.asarray(X, dtype=np.float64)
+        return np.concatenate([self.decode(self.encode(X[i:i + batch]))
+                               for i in range(0, X.shape[0], batch)], axis=0)
+
+    def fit_residual(self, X: np.ndarray) -> dict[str, float]:
+        """Measure the off-manifold residual ``x - G(E(x))`` on held-out states ``X``.
+
+        Stores its mean and covariance (full up to :data:`FULL_RESIDUAL_MAX`
+        variables, else the diagonal) and returns summary numbers: the RMSE and
+        the relative error ``||x - G(E(x))|| / ||x - mean(X)||`` over the batch.
+        """
+        X = np.asarray(X, dtype=np.float64)
+        if X.ndim != 2 or X.shape[1] != self.state_dim or X.shape[0] < 2:
+            raise ValueError(f"X must have shape (N >= 2, {self.state_dim}) (got {X.shape})")
+        Rres = X - self.reconstruct(X)
+        mean = Rres.mean(axis=0)
+        A = Rres - mean
+        if self.state_dim <= FULL_RESIDUAL_MAX:
+            cov = A.T @ A / (X.shape[0] - 1)
+        else:
+            cov = (A * A).sum(axis=0) / (X.shape[0] - 1)
+        with torch.no_grad():
+            self.res_mean.copy_(torch.as_tensor(mean))
+            self.res_cov.copy_(torch.as_tensor(cov))
+        anom = X - X.mean(axis=0)
+        return {"recon_rmse": float(np.sqrt(np.mean(Rres ** 2))),
+                "recon_rel_error": float(np.linalg.norm(Rres) / np.linalg.norm(anom))}
+
+    @property
+    def residual_cov(self) -> np.ndarray:
+        """Covariance of the off-manifold residual ``x - G(E(x))`` (float64).
+
+        Shape ``(n, n)``, or ``(n,)`` (its diagonal) when ``n`` exceeds
+        :data:`FULL_RESIDUAL_MAX`. Zero until :meth:`fit_residual` has run.
+        """
+        return self.res_cov.detach().cpu().numpy().copy()
+
+    @property
+    def residual_mean(self) -> np.ndarray:
+        """Mean of the off-manifold residual on held-out climatology (float64)."""
+        return self.res_mean.detach().cpu().numpy().copy()
+
+    # ---------------------------------------------------------------- training hooks
+    def training_loss(self, xn: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
+        """Loss on a standardized batch and numbers to log (single-optimizer families)."""
+        raise NotImplementedError(f"{type(self).__name__} is not trained by gradient descent")
+
+    def make_optimizers(self, lr: float) -> list[torch.optim.Optimizer]:
+        """Optimizers used by :meth:`train_step` (default: one Adam over all parameters)."""
+        return [torch.optim.Adam(self.parameters(), lr=lr)]
+
+    def train_step(self, xn: torch.Tensor, optimizers: list[torch.optim.Optimizer],
+                   step: int) -> dict[str, float]:
+        """One optimisation step on a standardized batch; returns logged floats."""
+        (opt,) = optimizers
+        opt.zero_grad(set_to_none=True)
+        loss, logs = self.training_loss(xn)
+        loss.backward()
+        opt.step()
+        return {"loss": float(loss.detach()), **logs}
+
+    @torch.no_grad()
+    def validation_metrics(self, X: np.ndarray) -> dict[str, float]:
+        """Quality on held-out physical states; the trainer early-stops on ``val_loss``.
+
+        Default: reconstruction RMSE ``||x - G(E(x))||`` (physical units) as
+        ``val_loss`` and ``recon_rmse``.
+        """
+        X = np.asarray(X, dtype=np.float64)
+        rmse = float(np.sqrt(np.mean((X - self.reconstruct(X)) ** 2)))
+        return {"val_loss": rmse, "recon_rmse": rmse}
 
     # ---------------------------------------------------------------- numpy API
     @property
