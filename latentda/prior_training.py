@@ -144,12 +144,12 @@ def _check_family(pc: PriorConfig, source: str) -> None:
         raise CaseError(f"invalid prior config {source}:\n  latent_dim: required for the "
                         f"{pc.family} family")
     cls = priors.FAMILIES[pc.family]
-    params = inspect.signature(cls.__init__).parameters
+    reserved = {"self", "state_dim", "latent_dim", "arch", "dtype"}
+    allowed = sorted(set(inspect.signature(cls.__init__).parameters) - reserved)
     for key in pc.options:
-        if key not in params or key in ("state_dim", "latent_dim", "arch", "dtype"):
+        if key not in allowed:
             raise CaseError(f"invalid prior config {source}:\n  options.{key}: not an option "
-                            f"of the {pc.family} family (options: "
-                            f"{sorted(set(params) - {'self', 'state_dim', 'latent_dim', 'arch', 'dtype'})})")
+                            f"of the {pc.family} family (options: {allowed})")
     try:
         cls(**_family_kwargs(pc, state_dim(pc.system)))
     except (ValueError, TypeError) as err:
