@@ -38,3 +38,20 @@ def _hypothesis_profiles() -> None:
 
 
 _hypothesis_profiles()
+
+
+def pytest_configure(config):
+    """Tests use small networks: one torch thread avoids oversubscribing shared CPUs."""
+    import torch
+
+    torch.set_num_threads(1)
+
+
+def pytest_addoption(parser):
+    parser.addoption("--device", default="cpu",
+                     help="torch device for the prior contract tests (cpu or cuda)")
+
+
+@pytest.fixture
+def device(request) -> str:
+    return request.config.getoption("--device")

@@ -289,14 +289,26 @@ def save(prior: Prior, path: str | os.PathLike, meta: dict[str, Any] | None = No
 
 
 def load(path: str | os.PathLike, device: str = "auto", *, state_dim: int | None = None,
-         latent_dim: int | None = None) -> Prior:
+         latent_dim: int | None = None, system: str | None = None) -> Prior:
     """Load a checkpoint written by :func:`save` (``weights_only=True``).
+
+    Parameters
+    ----------
+    path : path
+        Checkpoint file (``.pt``).
+    device : str
+        ``auto`` (CUDA when available), ``cpu`` or ``cuda[:i]``.
+    state_dim, latent_dim : int, optional
+        Required dimensions; a mismatch is an error naming the file.
+    system : str, optional
+        Required system (``lorenz96``, ``shallow_water``, ``lotka_volterra``), compared
+        with the one the checkpoint's metadata records.
 
     Raises
     ------
     ValueError
-        If the file is not a latentda checkpoint, names an unknown family, or its
-        dimensions differ from ``state_dim`` / ``latent_dim`` when given.
+        If the file is not a latentda checkpoint, names an unknown family, or was
+        trained for another system or dimension than asked.
     """
     p = Path(path)
     if not p.is_file():
@@ -319,4 +331,8 @@ def load(path: str | os.PathLike, device: str = "auto", *, state_dim: int | None
             raise ValueError(f"prior checkpoint {p} has {name} {getattr(prior, name)}, but "
                              f"{want} is needed here")
     prior.meta = payload.get("meta", {})
+    trained_for = (prior.meta.get("system") or {}).get("system")
+    if system is not None and trained_for is not None and trained_for != system:
+        raise ValueError(f"prior checkpoint {p} was trained for the {trained_for} system, "
+                         f"not {system}; train one with `latentda train-prior`")
     return prior.to(resolve_device(device))

@@ -48,6 +48,10 @@ class VAEPrior(Prior):
         Encoder/decoder architecture (:func:`latentda.priors.nets.check_arch`).
     beta : float
         KL weight of the training loss (> 0).
+    kl_warmup : int
+        Optimizer steps over which the KL weight ramps linearly from 0 to ``beta``
+        (KL annealing, Bowman et al. 2016; 0: none). The decoder first learns to
+        reconstruct, then the posterior is pulled towards the prior.
     decoder_var : {"scalar", "diagonal"}
         Learned decoder variance: one value, or one per variable.
     dtype : str
@@ -57,14 +61,19 @@ class VAEPrior(Prior):
     family = "vae"
 
     def __init__(self, state_dim: int, latent_dim: int, arch: dict[str, Any] | None = None,
-                 beta: float = 1.0, decoder_var: str = "scalar", dtype: str = "float32") -> None:
+                 beta: float = 1.0, decoder_var: str = "scalar", kl_warmup: int = 0,
+                 dtype: str = "float32") -> None:
         super().__init__(state_dim, latent_dim, getattr(torch, dtype))
         self.arch = check_arch(arch or {"kind": "mlp"}, state_dim)
         if not (beta > 0 and math.isfinite(beta)):
             raise ValueError(f"beta must be finite and > 0 (got {beta})")
         if decoder_var not in ("scalar", "diagonal"):
             raise ValueError(f"decoder_var must be 'scalar' or 'diagonal' (got {decoder_var!r})")
+        if int(kl_warmup) < 0:
+            raise ValueError(f"kl_warmup must be >= 0 steps (got {kl_warmup})")
         self.beta, self.decoder_var, self._dtype_name = float(beta), decoder_var, dtype
+        self.kl_warmup = int(kl_warmup)
+        self._kl_weight = self.beta
         self.encoder = encoder_net(self.arch, state_dim, 2 * latent_dim)
         self.decoder = decoder_net(self.arch, latent_dim, state_dim)
         self.dec_logvar = nn.Parameter(torch.full((1 if decoder_var == "scalar" else state_dim,),
@@ -73,7 +82,8 @@ class VAEPrior(Prior):
 
     def config(self) -> dict[str, Any]:
         return {"state_dim": self.state_dim, "latent_dim": self.latent_dim, "arch": self.arch,
-                "beta": self.beta, "decoder_var": self.decoder_var, "dtype": self._dtype_name}
+                "beta": self.beta, "decoder_var": self.decoder_var, "kl_warmup": self.kl_warmup,
+                "dtype": self._dtype_name}
 
     # ------------------------------------------------------------------ maps
     def posterior_t(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -165,7 +175,17 @@ class VAEPrior(Prior):
         z = mu + torch.exp(0.5 * logvar) * torch.randn_like(mu)
         rec = self._log_lik_n(xn, self.decoder(z)).mean()
         kl = self._kl(mu, logvar).sum(-1).mean()
-        return -(rec - self.beta * kl), {"rec": float(rec.detach()), "kl": float(kl.detach())}
+        return -(rec - self._kl_weight * kl), {"rec": float(rec.detach()),
+                                               "kl": float(kl.detach())}
+
+    def train_step(self, xn: torch.Tensor, optimizers: list[torch.optim.Optimizer],
+                   step: int) -> dict[str, float]:
+        ramp = min(1.0, step / self.kl_warmup) if self.kl_warmup else 1.0
+        self._kl_weight = self.beta * ramp
+        try:
+            return super().train_step(xn, optimizers, step)
+        finally:
+            self._kl_weight = self.beta
 
     @torch.no_grad()
     def validation_metrics(self, X: np.ndarray) -> dict[str, float]:
