@@ -226,8 +226,8 @@ def _normalization(pc: PriorConfig, X: np.ndarray, model: Any) -> tuple[np.ndarr
         return np.full(n, X.mean()), np.full(n, X.std())
     if pc.normalization == "per_field":
         shift, scale = np.empty(n), np.empty(n)
-        for sl in model.components().values():
-            shift[sl], scale[sl] = X[:, sl].mean(), X[:, sl].std()
+        for _, idx in model.components():
+            shift[idx], scale[idx] = X[:, idx].mean(), X[:, idx].std()
         return shift, np.maximum(scale, 1e-12)
     return X.mean(axis=0), np.maximum(X.std(axis=0), 1e-12)
 
@@ -256,10 +256,11 @@ def evaluate_prior(prior: Any, X_train: np.ndarray, X_test: np.ndarray, model: A
     comps = model.components()
     if len(comps) > 1:
         anom = X_test - X_test.mean(0)
-        for name, sl in comps.items():
-            r = X_test[:, sl] - rec[:, sl]
+        for name, idx in comps:
+            r = X_test[:, idx] - rec[:, idx]
             m[f"recon_rmse_{name}"] = float(np.sqrt(np.mean(r ** 2)))
-            m[f"recon_rel_error_{name}"] = float(np.linalg.norm(r) / np.linalg.norm(anom[:, sl]))
+            m[f"recon_rel_error_{name}"] = float(np.linalg.norm(r)
+                                                 / np.linalg.norm(anom[:, idx]))
     m["clim_std"] = float(X_test.std(axis=0).mean())
     S = prior.sample(min(len(X_test), 5000), seed=seed)
     m |= _moment_errors(S, X_test)

@@ -717,7 +717,7 @@ def test_h_not_called_before_validation() -> None:
 
 
 def test_registry_and_reprs_label_runs() -> None:
-    assert set(FILTERS) == {"EnKF", "ETKF", "LETKF", "EnKF_N", "AdaptiveETKF"}
+    assert set(FILTERS) == {"EnKF", "ETKF", "LETKF", "EnKF_N", "AdaptiveETKF", "ParticleFilter"}
     assert repr(ETKF(inflation=1.02)) == "ETKF(inflation=1.02)"
     assert repr(LETKF(4, inflation=1.02)) == \
         "LETKF(inflation=1.02, radius=4.0, taper='gaspari_cohn')"

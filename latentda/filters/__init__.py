@@ -23,6 +23,7 @@ from latentda.filters.enkf_n import EnKF_N
 from latentda.filters.etkf import ETKF
 from latentda.filters.letkf import LETKF
 from latentda.filters.localization import gaspari_cohn, periodic_distance
+from latentda.filters.particle import ParticleFilter
 
 #: filter classes by name (for configuration files)
 FILTERS: dict[str, type[EnsembleFilter]] = {
@@ -31,6 +32,7 @@ FILTERS: dict[str, type[EnsembleFilter]] = {
     "LETKF": LETKF,
     "EnKF_N": EnKF_N,
     "AdaptiveETKF": AdaptiveETKF,
+    "ParticleFilter": ParticleFilter,
 }
 
 __all__ = [
@@ -43,6 +45,7 @@ __all__ = [
     "LETKF",
     "EnKF_N",
     "AdaptiveETKF",
+    "ParticleFilter",
     "FILTERS",
     "gaspari_cohn",
     "periodic_distance",

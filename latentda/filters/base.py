@@ -187,11 +187,15 @@ class AnalysisResult:
         Forecast ensemble in observation space, ``h(E_forecast)`` (reused by diagnostics).
     info : dict of str to float
         Scalars such as ``{"inflation": 1.02}``.
+    weights : ndarray, shape (N,), optional
+        Normalized weights of the members of ``E`` (particle filters that did not
+        resample); ``None`` means equal weights.
     """
 
     E: np.ndarray
     HE: np.ndarray
     info: dict[str, float]
+    weights: np.ndarray | None = None
 
 
 def _check_forecast(E: Any) -> np.ndarray:
