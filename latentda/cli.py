@@ -33,6 +33,12 @@ def _print_summary(case, summary: dict[str, float], store: Path | None) -> None:
     for name in comps:
         print(f"  {name:10s} analysis RMSE {_fmt(summary['rmse_analysis_' + name])}, "
               f"spread {_fmt(summary['spread_analysis_' + name])}")
+    if math.isfinite(summary.get("rmse_smoothed", float("nan"))):
+        print(f"  {'smoothed':10s} RMSE {_fmt(summary['rmse_smoothed'])}, spread "
+              f"{_fmt(summary['spread_smoothed'])}")
+    if math.isfinite(summary.get("ess", float("nan"))):
+        print(f"  particle ESS before resampling {_fmt(summary['ess'])} (mean count), "
+              f"tempering stages {_fmt(summary['temper_stages'])}")
     if "spread_rmse_ratio" in summary:
         print(f"  spread/RMSE (analysis) {_fmt(summary['spread_rmse_ratio'])}")
     print(f"  normalised innovation {_fmt(summary['innovation_chi2'])}  "

@@ -153,10 +153,23 @@ class EnsembleConfig(_Strict):
     perturbation_std: float = Field(1.0, gt=0, description="perturbed_truth: noise std")
 
 
+_PF_METHODS = ("pf", "pf_smoother")
+#: fields that only some methods take: field -> methods
+_METHOD_FIELDS: dict[str, tuple[str, ...]] = {
+    "radius": ("letkf",), "weight_stride": ("letkf",), "prior_var": ("etkf_adaptive",),
+    "scheme": _PF_METHODS, "ess_threshold": _PF_METHODS, "bandwidth": _PF_METHODS,
+    "shrinkage": _PF_METHODS, "temper": _PF_METHODS, "temper_ess": _PF_METHODS,
+    "lag": ("enks", "pf_smoother"), "analysis": ("enks",),
+}
+
+
 class FilterConfig(_Strict):
     """The analysis method and its hyperparameters."""
 
-    method: Literal["etkf", "enkf", "letkf", "enkf_n", "etkf_adaptive"] = "etkf"
+    method: Literal["etkf", "enkf", "letkf", "enkf_n", "etkf_adaptive", "pf", "pf_smoother",
+                    "enks"] = Field("etkf", description="analysis method: ensemble Kalman "
+                                    "filters, the particle filter (pf), the fixed-lag particle "
+                                    "smoother (pf_smoother) or the fixed-lag EnKS (enks)")
     inflation: float = Field(1.0, ge=1.0, description="multiplicative inflation (>= 1)")
     radius: float | None = Field(None, gt=0, description="letkf: Gaspari-Cohn half-width")
     prior_var: float = Field(0.04**2, gt=0, description="etkf_adaptive: variance of the "
@@ -164,18 +177,35 @@ class FilterConfig(_Strict):
     weight_stride: int | None = Field(
         None, ge=1, description="letkf: compute the local weights on every weight_stride-th "
                                 "distinct location per axis and interpolate them (None/1: exact)")
+    scheme: Literal["systematic", "stratified", "residual", "multinomial"] = Field(
+        "systematic", description="pf: resampling scheme")
+    ess_threshold: float = Field(0.5, gt=0, le=1, description="pf: resample when ESS/N is "
+                                                              "below this (1: always)")
+    bandwidth: float = Field(0.0, ge=0, description="pf: regularization jitter, a multiple "
+                                                    "of the weighted ensemble covariance's root")
+    shrinkage: float | None = Field(None, gt=0, le=1, description="pf: Liu-West shrinkage a "
+                                    "(parameter estimation); excludes bandwidth")
+    temper: bool = Field(False, description="pf: adaptive likelihood tempering")
+    temper_ess: float = Field(0.5, gt=0, lt=1, description="pf: target ESS fraction of each "
+                                                           "tempering stage")
+    lag: int = Field(5, ge=0, description="enks, pf_smoother: analyses that update each "
+                                          "smoothed ensemble")
+    analysis: Literal["etkf", "enkf"] = Field("etkf", description="enks: the analysis whose "
+                                              "transform the smoother applies")
 
     @model_validator(mode="after")
-    def _radius_for_letkf(self) -> FilterConfig:
+    def _fields_of_the_method(self) -> FilterConfig:
         if self.method == "letkf" and self.radius is None:
             raise ValueError("radius is required for method letkf (localization half-width "
                              "in the model's length units, > 0)")
-        if self.method != "letkf" and self.radius is not None:
-            raise ValueError(f"radius only applies to method letkf (method is {self.method}); "
-                             "remove it")
-        if self.method != "letkf" and self.weight_stride is not None:
-            raise ValueError(f"weight_stride only applies to method letkf (method is "
-                             f"{self.method}); remove it")
+        for name in sorted(self.model_fields_set):
+            methods = _METHOD_FIELDS.get(name)
+            if methods is not None and self.method not in methods:
+                raise ValueError(f"{name} only applies to method {' or '.join(methods)} "
+                                 f"(method is {self.method}); remove it")
+        if self.shrinkage is not None and self.bandwidth > 0:
+            raise ValueError("set either bandwidth (regularized PF) or shrinkage (Liu-West), "
+                             "not both")
         return self
 
 

@@ -18,6 +18,7 @@ cycle.
 from __future__ import annotations
 
 import contextlib
+from collections import deque
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -62,6 +63,13 @@ SCALARS: dict[str, tuple[str, str]] = {
     "innovation_chi2": ("normalised innovation d'(HPH'+R)^-1 d / m (about 1 if consistent)",
                         "1"),
     "inflation": ("multiplicative inflation applied in the analysis", "1"),
+    "ess": ("effective sample size 1/sum(w^2) of the particle weights before resampling "
+            "(particle filters; NaN otherwise)", "1"),
+    "temper_stages": ("likelihood-tempering stages of the particle analysis (1: untempered; "
+                      "NaN for other filters)", "1"),
+    "rmse_smoothed": ("RMSE of the smoothed mean against the truth (smoothers; NaN otherwise)",
+                      "model units"),
+    "spread_smoothed": ("smoothed ensemble spread (smoothers; NaN otherwise)", "model units"),
     "jitter": ("largest eigenvalue floor added in the analysis to keep matrices positive "
                "definite (0: none needed)", "1"),
 }
@@ -164,6 +172,16 @@ class Cycle:
             blas_threads)
         self._obs_loc = operator.locations(model.state_locations())
         self.components = model.components()
+        #: normalized weights of the current ensemble (particle filters), None: equal
+        self.weights: np.ndarray | None = None
+        #: records waiting for their smoothed ensemble (smoothers only)
+        self._pending: deque[CycleRecord] = deque()
+        self._n_analyses = 0
+
+    @property
+    def smoother(self) -> bool:
+        """Whether the filter is a fixed-lag smoother (records are written ``lag`` later)."""
+        return hasattr(self.filter, "released") and hasattr(self.filter, "flush")
 
     def __repr__(self) -> str:
         return (f"Cycle({self.model!r}, {self.filter!r}, {self.space!r}, N={self.N}, "
@@ -196,6 +214,25 @@ class Cycle:
             self.E = self.forecaster.step(self.model, self.E, nsteps)
         self.t = float(until)
         return self.E
+
+    @staticmethod
+    def _summary(E: np.ndarray, w: np.ndarray | None,
+                 truth: np.ndarray | None) -> dg.EnsembleSummary:
+        """Ensemble statistics; a weighted ensemble uses its weighted mean and spread.
+
+        CRPS and the rank histogram of a weighted ensemble are computed on its
+        deterministic systematic resample (offset 1/2), which has the same distribution.
+        """
+        if w is None:
+            return dg.ensemble_summary(E, truth)
+        N = E.shape[0]
+        idx = np.searchsorted(np.cumsum(w), (np.arange(N) + 0.5) / N)
+        s = dg.ensemble_summary(E[np.minimum(idx, N - 1)], truth)
+        mean = w @ E
+        var = w @ (E - mean) ** 2 * (N / (N - 1.0))
+        rmse = float("nan") if truth is None else dg.rmse(mean, truth)
+        return dg.EnsembleSummary(mean, np.sqrt(var), float(np.sqrt(var.mean())), rmse,
+                                  s.crps, s.ranks)
 
     def _observation(self, y: np.ndarray, var: np.ndarray, valid: np.ndarray) -> Observation:
         op = self.operator
@@ -242,7 +279,9 @@ class Cycle:
                                   "up)")
         rng = np.random.default_rng([self.seed, self.cycle_index])
         scalars = dict.fromkeys(SCALARS, float("nan"))
-        if valid.any():
+        w_f = w_a = self.weights
+        analysed = bool(valid.any())
+        if analysed:
             obs = self._observation(y, var, valid)
             try:
                 res = self.filter.analyse(self.space.encode(Ef), obs, rng,
@@ -256,14 +295,17 @@ class Cycle:
             scalars["innovation_chi2"] = inn_chi2
             scalars["inflation"] = float(res.info.get("inflation", self.filter.inflation))
             scalars["jitter"] = float(res.info.get("jitter", np.nan))
+            scalars["ess"] = float(res.info.get("ess", np.nan))
+            scalars["temper_stages"] = float(res.info.get("temper_stages", np.nan))
+            w_a = None if res.weights is None else np.asarray(res.weights, dtype=np.float64)
         else:
             Ea = Ef.copy()
         if not np.all(np.isfinite(Ea)):
             raise DivergenceError(self.t, "the analysis ensemble is not finite")
         if truth is not None:
             truth = np.asarray(truth, dtype=np.float64)
-        fs = dg.ensemble_summary(Ef, truth)
-        an = dg.ensemble_summary(Ea, truth)
+        fs = self._summary(Ef, w_f, truth)
+        an = self._summary(Ea, w_a, truth)
         scalars.update(spread_forecast=fs.spread, spread_analysis=an.spread,
                        rmse_forecast=fs.rmse, rmse_analysis=an.rmse,
                        crps_forecast=fs.crps, crps_analysis=an.crps)
@@ -275,16 +317,55 @@ class Cycle:
             raise DivergenceError(self.t, f"analysis spread {an.spread:.4g} > max_spread "
                                   f"{self.max_spread:g}")
         self.E = Ea
-        by_comp = self._by_component(Ef, Ea, truth, scalars)
+        self.weights = w_a
+        by_comp = self._by_component(Ef, Ea, truth, scalars, fs, an)
         rec = CycleRecord(time=self.t, scalars=scalars, obs_valid=int(valid.sum()),
                           rank_histogram=ranks, forecast=Ef, analysis=Ea, truth=truth,
                           obs_value=y, by_component=by_comp,
                           extra={"forecast_summary": fs, "analysis_summary": an})
         self.last = rec
         self.cycle_index += 1
-        if self.writer is not None:
-            self.writer.write(rec.time, checkpoint=self.checkpoint(), **self.output_values(rec))
+        if not self.smoother:
+            if self.writer is not None:
+                self.writer.write(rec.time, checkpoint=self.checkpoint(),
+                                  **self.output_values(rec))
+            return rec
+        rec.extra["analysis_index"] = self._n_analyses if analysed else None
+        self._pending.append(rec)
+        if analysed:
+            self._n_analyses += 1
+            if self.filter.released is not None:
+                self._release(self.filter.released)
         return rec
+
+    def _release(self, smoothed: Any) -> None:
+        """Attach a smoothed ensemble to its record; write every record that is complete."""
+        while self._pending:
+            rec = self._pending[0]
+            idx = rec.extra.get("analysis_index")
+            if idx is not None and idx > smoothed.index:
+                break
+            self._pending.popleft()
+            if idx == smoothed.index:
+                w = getattr(smoothed, "weights", None)
+                Es = self.space.decode(smoothed.E)
+                ss = self._summary(Es, None if w is None else np.asarray(w), rec.truth)
+                rec.extra["smoothed_summary"] = ss
+                rec.scalars["rmse_smoothed"] = ss.rmse
+                rec.scalars["spread_smoothed"] = ss.spread
+            if self.writer is not None:  # smoothed runs cannot be resumed: no checkpoint
+                self.writer.write(rec.time, **self.output_values(rec))
+
+    def finalize(self) -> None:
+        """End of a run: release the smoother's window and write the waiting records."""
+        if not self.smoother:
+            return
+        for s in self.filter.flush():
+            self._release(s)
+        while self._pending:  # records with no analysis after the last smoothed one
+            rec = self._pending.popleft()
+            if self.writer is not None:
+                self.writer.write(rec.time, **self.output_values(rec))
 
     # ------------------------------------------------------------------ resume
 
@@ -308,19 +389,22 @@ class Cycle:
         self.t = float(meta["time"])
         self.cycle_index = int(meta["cycle_index"])
         self.filter.set_state(meta.get("filter_state") or {})
+        w = getattr(self.filter, "weights", None)
+        self.weights = None if w is None else np.asarray(w, dtype=np.float64)
 
     def _by_component(self, Ef: np.ndarray, Ea: np.ndarray, truth: np.ndarray | None,
-                      scalars: dict[str, float]) -> dict[str, np.ndarray]:
+                      scalars: dict[str, float], fs: dg.EnsembleSummary,
+                      an: dg.EnsembleSummary) -> dict[str, np.ndarray]:
         if len(self.components) == 1:  # one component: the whole-state scores
             return {k: np.array([scalars[k.removesuffix("_by_component")]])
                     for k in COMPONENT_SCALARS}
         out = {k: np.full(len(self.components), np.nan) for k in COMPONENT_SCALARS}
         for c, (_, idx) in enumerate(self.components):
-            out["spread_forecast_by_component"][c] = dg.spread(Ef[:, idx])
-            out["spread_analysis_by_component"][c] = dg.spread(Ea[:, idx])
+            out["spread_forecast_by_component"][c] = float(np.sqrt(np.mean(fs.std[idx] ** 2)))
+            out["spread_analysis_by_component"][c] = float(np.sqrt(np.mean(an.std[idx] ** 2)))
             if truth is not None:
-                out["rmse_forecast_by_component"][c] = dg.rmse(Ef[:, idx].mean(0), truth[idx])
-                out["rmse_analysis_by_component"][c] = dg.rmse(Ea[:, idx].mean(0), truth[idx])
+                out["rmse_forecast_by_component"][c] = dg.rmse(fs.mean[idx], truth[idx])
+                out["rmse_analysis_by_component"][c] = dg.rmse(an.mean[idx], truth[idx])
         return out
 
     # ------------------------------------------------------------------ output
@@ -347,6 +431,10 @@ class Cycle:
         if self.store_ensemble:
             out["forecast"] = rec.forecast
             out["analysis"] = rec.analysis
+        if self.smoother:
+            ss = rec.extra.get("smoothed_summary")
+            out["smoothed_mean"] = nan if ss is None else ss.mean
+            out["smoothed_std"] = nan if ss is None else ss.std
         return out
 
     # ------------------------------------------------------------------ running
@@ -384,6 +472,7 @@ class Cycle:
         """
         series: dict[str, list] = {k: [] for k in (*SCALARS, *COMPONENT_SCALARS)}
         times: list[float] = []
+        records: list[CycleRecord] = []
         it = self.iterate(stream, start=self.cycle_index)
         if progress:
             from tqdm.auto import tqdm
@@ -392,17 +481,21 @@ class Cycle:
                       unit="cycle", mininterval=0.5)
         with self._blas_limit():
             for rec in it:
-                times.append(rec.time)
-                for k, v in rec.scalars.items():
-                    series[k].append(v)
-                for k, v in rec.by_component.items():
-                    series[k].append(v)
+                records.append(rec)
                 if callback is not None:
                     callback(rec)
+            self.finalize()
+        for rec in records:  # after finalize: smoothed scores are attached
+            times.append(rec.time)
+            for k, v in rec.scalars.items():
+                series[k].append(v)
+            for k, v in rec.by_component.items():
+                series[k].append(v)
         return {"time": np.asarray(times), **{k: np.asarray(v) for k, v in series.items()}}
 
 
-def output_variables(store_ensemble: bool) -> list[tuple[str, tuple[str, ...], str, dict]]:
+def output_variables(store_ensemble: bool, smoother: bool = False,
+                     ) -> list[tuple[str, tuple[str, ...], str, dict]]:
     """The per-cycle variables of the run dataset: (name, dims, dtype, attrs)."""
     mu = "model units"
     out: list[tuple[str, tuple[str, ...], str, dict]] = [
@@ -434,5 +527,13 @@ def output_variables(store_ensemble: bool) -> list[tuple[str, tuple[str, ...], s
              {"long_name": "forecast ensemble", "units": mu}),
             ("analysis", ("member", "state"), "float64",
              {"long_name": "analysis ensemble", "units": mu}),
+        ]
+    if smoother:
+        out += [
+            ("smoothed_mean", ("state",), "float64",
+             {"long_name": "smoothed ensemble mean (fixed-lag smoother: analysed again with "
+                           "the next lag observations; NaN where no analysis)", "units": mu}),
+            ("smoothed_std", ("state",), "float64",
+             {"long_name": "smoothed ensemble standard deviation", "units": mu}),
         ]
     return out

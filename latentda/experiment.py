@@ -89,6 +89,20 @@ def build_filter(fc: cfg.FilterConfig) -> EnsembleFilter:
         return LETKF(radius=fc.radius, inflation=fc.inflation, weight_stride=fc.weight_stride)
     if fc.method == "etkf_adaptive":
         return AdaptiveETKF(inflation=fc.inflation, prior_var=fc.prior_var)
+    if fc.method in ("pf", "pf_smoother"):
+        from latentda.filters.particle import ParticleFilter
+        from latentda.smoothers import FixedLagParticleSmoother
+
+        kw = {"scheme": fc.scheme, "ess_threshold": fc.ess_threshold,
+              "bandwidth": fc.bandwidth, "shrinkage": fc.shrinkage, "temper": fc.temper,
+              "temper_ess": fc.temper_ess, "inflation": fc.inflation}
+        if fc.method == "pf":
+            return ParticleFilter(**kw)
+        return FixedLagParticleSmoother(lag=fc.lag, **kw)
+    if fc.method == "enks":
+        from latentda.smoothers import EnKS
+
+        return EnKS(lag=fc.lag, method=fc.analysis, inflation=fc.inflation)
     return EnKF_N(inflation=fc.inflation)
 
 
@@ -213,8 +227,9 @@ def make_writer(p: Prepared, overwrite: bool, *, resume: bool = False,
                 break_lock: bool = False) -> RunWriter:
     """The store writer of a prepared run, with coordinates and global attributes."""
     case, model = p.case, p.model
-    variables = [VarSpec(name, dims, dtype, attrs)
-                 for name, dims, dtype, attrs in output_variables(case.output.store_ensemble)]
+    smoother = hasattr(p.filter, "released") and hasattr(p.filter, "flush")
+    variables = [VarSpec(name, dims, dtype, attrs) for name, dims, dtype, attrs
+                 in output_variables(case.output.store_ensemble, smoother)]
     coords: dict[str, Any] = {
         "state": ("state", np.arange(model.state_dim, dtype=np.int32),
                   {"long_name": "state variable index", "units": "1"}),
@@ -325,6 +340,9 @@ def run_case(case: cfg.Case, *, store: str | os.PathLike | None = None, overwrit
         raise ValueError("resume needs a store to continue (write=True)")
     forecaster = Forecaster.from_config(case.parallel)  # validates; starts nothing yet
     p = prepare(case, store=store, overwrite=overwrite or resume, write=write)
+    if resume and hasattr(p.filter, "released"):
+        raise ValueError(f"--resume is not available for the smoother {case.filter.method} "
+                         "(its records are written lag cycles late); rerun with --overwrite")
     if resume:
         from latentda.io import open_run
 
