@@ -313,8 +313,10 @@ def train_prior(pc: PriorConfig, config_path: str | os.PathLike | None = None, *
         if p.exists() and not overwrite:
             raise FileExistsError(f"{p} exists; pass --overwrite to replace it")
     dev = priors.resolve_device(device or pc.device)
-    if (device or pc.device) == "auto" and dev.type == "cpu" and progress:
-        print("latentda train-prior: no CUDA device; training on the CPU")
+    if (device or pc.device) == "auto" and dev.type == "cpu":
+        import sys
+
+        print("latentda train-prior: no CUDA device; training on the CPU", file=sys.stderr)
     tc = pc.training
     if steps is not None:
         tc = tc.model_copy(update={"steps": int(steps), "warmup": min(tc.warmup, steps // 10)})

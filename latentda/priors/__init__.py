@@ -1,9 +1,10 @@
 """Generative priors on a torch device (one module per family; see ``prior_base``)."""
 
 from latentda.priors import training
+from latentda.priors.flow import RealNVPPrior
 from latentda.priors.linear import LinearGaussianPrior
 from latentda.priors.prior_base import FAMILIES, Prior, load, resolve_device, save
 from latentda.priors.vae import VAEPrior
 
-__all__ = ["FAMILIES", "LinearGaussianPrior", "Prior", "VAEPrior", "load", "resolve_device",
-           "save", "training"]
+__all__ = ["FAMILIES", "LinearGaussianPrior", "Prior", "RealNVPPrior", "VAEPrior", "load",
+           "resolve_device", "save", "training"]

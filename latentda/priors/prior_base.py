@@ -213,6 +213,9 @@ class Prior(torch.nn.Module, ABC):
         opt.zero_grad(set_to_none=True)
         loss, logs = self.training_loss(xn)
         loss.backward()
+        clip = getattr(self, "grad_clip", None)
+        if clip is not None:  # a family may set a gradient-norm cap
+            torch.nn.utils.clip_grad_norm_(self.parameters(), clip)
         opt.step()
         return {"loss": float(loss.detach()), **logs}
 
@@ -331,7 +334,8 @@ def load(path: str | os.PathLike, device: str = "auto", *, state_dim: int | None
             raise ValueError(f"prior checkpoint {p} has {name} {getattr(prior, name)}, but "
                              f"{want} is needed here")
     prior.meta = payload.get("meta", {})
-    trained_for = (prior.meta.get("system") or {}).get("system")
+    sys_meta = prior.meta.get("system")
+    trained_for = sys_meta.get("system") if isinstance(sys_meta, dict) else sys_meta
     if system is not None and trained_for is not None and trained_for != system:
         raise ValueError(f"prior checkpoint {p} was trained for the {trained_for} system, "
                          f"not {system}; train one with `latentda train-prior`")
