@@ -134,3 +134,13 @@ def test_collapsed_vae_is_flagged_and_its_posterior_is_its_prior():
 def test_bad_options_name_the_field(kw, field):
     with pytest.raises(ValueError, match=field):
         VAEPrior(4, 2, **kw)
+
+
+def test_time_cap_evaluates_before_stopping():
+    X = _subspace_data(400)
+    p = VAEPrior(6, 2, {"kind": "mlp", "hidden": [8]})
+    p.set_normalization(X.mean(0), X.std(0))
+    res = fit(p, X[:300], X[300:], steps=1000, eval_every=500, max_minutes=1e-9,
+              progress=False)
+    assert res.stopped == "time" and res.steps == 1
+    assert res.best_step == 1 and len(res.history) == 1  # the step taken is kept

@@ -5,6 +5,7 @@ from latentda.priors.flow import RealNVPPrior
 from latentda.priors.linear import LinearGaussianPrior
 from latentda.priors.prior_base import FAMILIES, Prior, load, resolve_device, save
 from latentda.priors.vae import VAEPrior
+from latentda.priors.wgan import WGANPrior
 
-__all__ = ["FAMILIES", "LinearGaussianPrior", "Prior", "RealNVPPrior", "VAEPrior", "load",
-           "resolve_device", "save", "training"]
+__all__ = ["FAMILIES", "LinearGaussianPrior", "Prior", "RealNVPPrior", "VAEPrior", "WGANPrior",
+           "load", "resolve_device", "save", "training"]

@@ -115,7 +115,9 @@ def fit(prior: Prior, X_train: np.ndarray, X_val: np.ndarray, *, steps: int = 10
                                          "(lower training.lr)")
             if bar is not None:
                 bar.update(1)
-            last = step == int(steps)
+            timed_out = (max_minutes is not None
+                         and time.perf_counter() - t0 > 60.0 * max_minutes)
+            last = step == int(steps) or timed_out
             if step % int(eval_every) == 0 or last:
                 prior.eval()
                 m = prior.validation_metrics(X_val)
@@ -130,7 +132,7 @@ def fit(prior: Prior, X_train: np.ndarray, X_val: np.ndarray, *, steps: int = 10
                     if bad >= int(patience):
                         stopped = "early"
                         break
-            if max_minutes is not None and time.perf_counter() - t0 > 60.0 * max_minutes:
+            if timed_out:  # evaluated above, so the last steps are not lost
                 stopped = "time"
                 break
     finally:
