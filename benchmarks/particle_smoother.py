@@ -52,14 +52,16 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--pf-cycles", type=int, default=1500)
     ap.add_argument("--enks-cycles", type=int, default=3000)
     ap.add_argument("--burn-in", type=int, default=300)
-    ap.add_argument("--seeds", type=int, default=3)
+    ap.add_argument("--seeds", type=int, default=3, help="seeds of the EnKS runs")
+    ap.add_argument("--pf-seeds", type=int, default=3, help="seeds of the particle filters")
     args = ap.parse_args(argv)
     seeds = list(range(3, 3 + args.seeds))
+    pf_seeds = list(range(3, 3 + args.pf_seeds))
 
     pf_rows, enks_rows, results = [], [], {"pf": [], "enks": []}
     with tempfile.TemporaryDirectory() as tmp:
         for label, filt, N, floor in PF_CONFIGS:
-            for seed in seeds:
+            for seed in pf_seeds:
                 case = parse_case(case_dict(filt, N, args.pf_cycles, args.burn_in, seed))
                 t0 = time.perf_counter()
                 try:
@@ -99,9 +101,10 @@ def main(argv: list[str] | None = None) -> None:
     payload = {
         "title": "Lorenz-96 particle filters and fixed-lag smoothers (standard setting)",
         "script": f"python benchmarks/particle_smoother.py --pf-cycles {args.pf_cycles} "
-                  f"--enks-cycles {args.enks_cycles} --seeds {args.seeds}",
+                  f"--enks-cycles {args.enks_cycles} --burn-in {args.burn_in} "
+                  f"--seeds {args.seeds} --pf-seeds {args.pf_seeds}",
         "settings": {"n": 40, "F": 8.0, "dt": 0.05, "obs": "identity every step, R=I",
-                     "burn_in": args.burn_in, "seeds": seeds},
+                     "burn_in": args.burn_in, "seeds": seeds, "pf_seeds": pf_seeds},
         "results": results,
         "tables": [{
             "title": f"Particle filters in state space, {args.pf_cycles} cycles after "
