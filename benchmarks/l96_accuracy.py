@@ -19,7 +19,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import make_tables  # noqa: E402
-from _common import write_result  # noqa: E402
+from _common import l96_case, write_result  # noqa: E402
 
 #: (label, filter config, N, floor, published reference)
 CONFIGS = [
@@ -35,16 +35,6 @@ CONFIGS = [
 ]
 
 
-def case_dict(filt: dict, N: int, cycles: int, burn_in: int, seed: int) -> dict:
-    return {
-        "name": "bench", "seed": seed,
-        "model": {"system": "lorenz96", "n": 40, "F": 8.0, "dt": 0.05},
-        "observations": {"operator": {"kind": "identity"}, "error_variance": 1.0, "every": 1},
-        "ensemble": {"size": N, "init": "perturbed_truth", "perturbation_std": 1.0},
-        "filter": filt, "cycles": cycles + burn_in, "burn_in": burn_in,
-        "output": {"block": 500},
-    }
-
 
 def main(argv: list[str] | None = None) -> None:
     from latentda.config import parse_case
@@ -59,7 +49,7 @@ def main(argv: list[str] | None = None) -> None:
     results, rows = [], []
     with tempfile.TemporaryDirectory() as tmp:
         for i, (label, filt, N, floor, ref) in enumerate(CONFIGS):
-            case = parse_case(case_dict(filt, N, args.cycles, args.burn_in, args.seed))
+            case = parse_case(l96_case(filt, N, args.cycles, args.burn_in, args.seed))
             t0 = time.perf_counter()
             summary, _ = run_case(case, store=Path(tmp) / f"run{i}.zarr")
             wall = time.perf_counter() - t0

@@ -23,7 +23,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import make_tables  # noqa: E402
-from _common import write_result  # noqa: E402
+from _common import l96_case, write_result  # noqa: E402
 
 PF_CONFIGS = [
     ("PF, tempered, bandwidth 0.5", {"method": "pf", "ess_threshold": 0.2, "bandwidth": 0.5,
@@ -32,16 +32,6 @@ PF_CONFIGS = [
                                         "bandwidth": 0.97}, 1000, 0.6),
 ]
 
-
-def case_dict(filt: dict, N: int, cycles: int, burn_in: int, seed: int) -> dict:
-    return {
-        "name": "bench", "seed": seed,
-        "model": {"system": "lorenz96", "n": 40, "F": 8.0, "dt": 0.05},
-        "observations": {"operator": {"kind": "identity"}, "error_variance": 1.0, "every": 1},
-        "ensemble": {"size": N, "init": "perturbed_truth", "perturbation_std": 1.0},
-        "filter": filt, "cycles": cycles + burn_in, "burn_in": burn_in,
-        "output": {"block": 500},
-    }
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -62,7 +52,7 @@ def main(argv: list[str] | None = None) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         for label, filt, N, floor in PF_CONFIGS:
             for seed in pf_seeds:
-                case = parse_case(case_dict(filt, N, args.pf_cycles, args.burn_in, seed))
+                case = parse_case(l96_case(filt, N, args.pf_cycles, args.burn_in, seed))
                 t0 = time.perf_counter()
                 try:
                     s, _ = run_case(case, store=Path(tmp) / f"pf{seed}.zarr", overwrite=True)
@@ -83,7 +73,7 @@ def main(argv: list[str] | None = None) -> None:
                 print(pf_rows[-1], flush=True)
         filt = {"method": "enks", "lag": 5, "inflation": 1.02}
         for seed in seeds:
-            case = parse_case(case_dict(filt, 20, args.enks_cycles, args.burn_in, seed))
+            case = parse_case(l96_case(filt, 20, args.enks_cycles, args.burn_in, seed))
             t0 = time.perf_counter()
             s, _ = run_case(case, store=Path(tmp) / f"enks{seed}.zarr", overwrite=True)
             ms = 1e3 * (time.perf_counter() - t0) / (args.enks_cycles + args.burn_in)

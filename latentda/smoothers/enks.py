@@ -107,6 +107,20 @@ def analysis_weight_matrix(HE: np.ndarray, obs: Observation, method: str = "etkf
     return np.ascontiguousarray(G.T)
 
 
+def parse_window_state(state: dict[str, Any], lag: int,
+                       ) -> tuple[int, list[int], list[np.ndarray]]:
+    """Validate a smoother window from ``get_state``: (count, window indices, ensembles)."""
+    count = check_int("state['count']", state["count"], min_value=0)
+    idx = [check_int("state['window_index']", i, min_value=0) for i in state["window_index"]]
+    ens = [np.asarray(e, dtype=np.float64) for e in state["window"]]
+    if len(idx) != len(ens) or len(ens) > lag:
+        raise ValueError(f"state['window'] must hold at most lag = {lag} "
+                         f"ensembles with one index each (got {len(ens)} and {len(idx)})")
+    if any(e.ndim != 2 or e.shape != ens[0].shape for e in ens):
+        raise ValueError("state['window'] ensembles must all have the same shape (N, d)")
+    return count, idx, ens
+
+
 @dataclass
 class EnKS(EnsembleFilter):
     """Fixed-lag ensemble Kalman smoother (Evensen & van Leeuwen 2000; Evensen 2003).
@@ -224,15 +238,7 @@ class EnKS(EnsembleFilter):
         if not state:
             self.reset()
             return
-        count = check_int("state['count']", state["count"], min_value=0)
-        idx = [check_int("state['window_index']", i, min_value=0)
-               for i in state["window_index"]]
-        ens = [np.asarray(e, dtype=np.float64) for e in state["window"]]
-        if len(idx) != len(ens) or len(ens) > self.lag:
-            raise ValueError(f"state['window'] must hold at most lag = {self.lag} "
-                             f"ensembles with one index each (got {len(ens)} and {len(idx)})")
-        if any(e.ndim != 2 or e.shape != ens[0].shape for e in ens):
-            raise ValueError("state['window'] ensembles must all have the same shape (N, d)")
+        count, idx, ens = parse_window_state(state, self.lag)
         self._count = count
         self._window = deque(SmoothedEnsemble(i, e) for i, e in zip(idx, ens, strict=True))
         self.transform = None

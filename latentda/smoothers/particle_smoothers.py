@@ -24,7 +24,7 @@ from latentda._validate import check_int, check_rng
 from latentda.filters.base import Geometry, Observation
 from latentda.filters.particle import ParticleFilter
 from latentda.filters.resampling import normalize_log_weights
-from latentda.smoothers.enks import SmoothedEnsemble
+from latentda.smoothers.enks import SmoothedEnsemble, parse_window_state
 
 __all__ = ["FixedLagParticleSmoother", "ffbsi"]
 
@@ -131,15 +131,7 @@ class FixedLagParticleSmoother(ParticleFilter):
             self.reset()
             return
         super().set_state({"log_weights": state.get("log_weights")})
-        count = check_int("state['count']", state["count"], min_value=0)
-        idx = [check_int("state['window_index']", i, min_value=0)
-               for i in state["window_index"]]
-        ens = [np.asarray(e, dtype=np.float64) for e in state["window"]]
-        if len(idx) != len(ens) or len(ens) > self.lag:
-            raise ValueError(f"state['window'] must hold at most lag = {self.lag} "
-                             f"ensembles with one index each (got {len(ens)} and {len(idx)})")
-        if any(e.ndim != 2 or e.shape != ens[0].shape for e in ens):
-            raise ValueError("state['window'] ensembles must all have the same shape (N, d)")
+        count, idx, ens = parse_window_state(state, self.lag)
         self._count = count
         self._window = deque(ens)
         self._window_index = deque(idx)
