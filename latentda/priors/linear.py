@@ -95,7 +95,9 @@ class LinearGaussianPrior(Prior):
         """Covariance of ``x - G(E(x))`` under the prior (analytic for PPCA).
 
         With ``P = W M^-1 W^T`` the reconstruction operator, the residual
-        ``(I - P)(x - b)`` has covariance ``(I - P) C (I - P)^T``.
+        ``(I - P)(x - b)`` has covariance ``(I - P) C (I - P)^T``. This overrides the
+        measured covariance of the base class: :meth:`fit_residual` still records the
+        sample statistics (``res_cov``, :attr:`residual_mean`), but this stays analytic.
         """
         W = self.W.detach().cpu().double().numpy()
         s2 = float(self.sigma2)
