@@ -160,16 +160,18 @@ _METHOD_FIELDS: dict[str, tuple[str, ...]] = {
     "scheme": _PF_METHODS, "ess_threshold": _PF_METHODS, "bandwidth": _PF_METHODS,
     "shrinkage": _PF_METHODS, "temper": _PF_METHODS, "temper_ess": _PF_METHODS,
     "lag": ("enks", "pf_smoother"), "analysis": ("enks",),
+    "beta": ("hybrid_etkf",), "static_var": ("hybrid_etkf",),
 }
 
 
 class FilterConfig(_Strict):
     """The analysis method and its hyperparameters."""
 
-    method: Literal["etkf", "enkf", "letkf", "enkf_n", "etkf_adaptive", "pf", "pf_smoother",
-                    "enks"] = Field("etkf", description="analysis method: ensemble Kalman "
-                                    "filters, the particle filter (pf), the fixed-lag particle "
-                                    "smoother (pf_smoother) or the fixed-lag EnKS (enks)")
+    method: Literal["etkf", "enkf", "letkf", "enkf_n", "etkf_adaptive", "hybrid_etkf", "pf",
+                    "pf_smoother", "enks"] = Field(
+        "etkf", description="analysis method: ensemble Kalman filters, the hybrid ETKF "
+        "(ensemble covariance blended with a static background), the particle filter (pf), "
+        "the fixed-lag particle smoother (pf_smoother) or the fixed-lag EnKS (enks)")
     inflation: float = Field(1.0, ge=1.0, description="multiplicative inflation (>= 1)")
     radius: float | None = Field(None, gt=0, description="letkf: Gaspari-Cohn half-width")
     prior_var: float = Field(0.04**2, gt=0, description="etkf_adaptive: variance of the "
@@ -188,6 +190,11 @@ class FilterConfig(_Strict):
     temper: bool = Field(False, description="pf: adaptive likelihood tempering")
     temper_ess: float = Field(0.5, gt=0, lt=1, description="pf: target ESS fraction of each "
                                                            "tempering stage")
+    beta: float = Field(0.5, ge=0, le=1, description="hybrid_etkf: weight of the static "
+                                                     "background covariance in [0, 1]")
+    static_var: float | None = Field(None, gt=0, description="hybrid_etkf: scale s of the "
+                                     "static background: s I on latent codes, s times the "
+                                     "climatological covariance in state space")
     lag: int = Field(5, ge=0, description="enks, pf_smoother: analyses that update each "
                                           "smoothed ensemble")
     analysis: Literal["etkf", "enkf"] = Field("etkf", description="enks: the analysis whose "
@@ -198,6 +205,9 @@ class FilterConfig(_Strict):
         if self.method == "letkf" and self.radius is None:
             raise ValueError("radius is required for method letkf (localization half-width "
                              "in the model's length units, > 0)")
+        if self.method == "hybrid_etkf" and self.static_var is None:
+            raise ValueError("static_var is required for method hybrid_etkf (scale of the "
+                             "static background covariance, > 0; e.g. 0.005 for latent codes)")
         for name in sorted(self.model_fields_set):
             methods = _METHOD_FIELDS.get(name)
             if methods is not None and self.method not in methods:
@@ -207,6 +217,101 @@ class FilterConfig(_Strict):
             raise ValueError("set either bandwidth (regularized PF) or shrinkage (Liu-West), "
                              "not both")
         return self
+
+
+class CasePriorConfig(_Strict):
+    """The generative prior of a latent-space run (or of its OOD diagnostics)."""
+
+    path: str = Field(..., description="prior checkpoint (.pt), e.g. models/l96_vae_k32.pt; "
+                                       "relative paths are read from the working directory")
+    device: str = Field("auto", description="torch device: auto (cuda when available), cpu, "
+                                            "cuda[:i]")
+    latent_dim: int | None = Field(None, ge=1, description="expected latent size k (checked "
+                                                           "against the checkpoint)")
+    threads: int | None = Field(1, ge=1, description="torch CPU threads during the run "
+                                "(None: torch's default). One is fastest for small networks "
+                                "on a shared machine; measured 10-50x slower with 2 threads "
+                                "under load")
+
+
+class StateFilterConfig(_Strict):
+    """The state-space filter of the hybrid correction step."""
+
+    method: Literal["letkf", "etkf", "enkf"] = Field("letkf", description="state-space filter")
+    radius: float | None = Field(None, gt=0, description="letkf: Gaspari-Cohn half-width")
+    inflation: float = Field(1.0, ge=1.0, description="multiplicative inflation (>= 1)")
+
+    @model_validator(mode="after")
+    def _radius(self) -> StateFilterConfig:
+        if self.method == "letkf" and self.radius is None:
+            raise ValueError("radius is required for state_filter.method letkf")
+        if self.method != "letkf" and self.radius is not None:
+            raise ValueError(f"radius only applies to letkf (method is {self.method}); "
+                             "remove it")
+        return self
+
+
+class SpaceConfig(_Strict):
+    """Where the filter analyses: physical state space or a prior's latent space."""
+
+    kind: Literal["state", "latent"] = Field("state", description="state or latent (needs "
+                                                                   "`prior:`)")
+    mode: Literal["manifold", "noisy_manifold", "hybrid"] = Field(
+        "noisy_manifold", description="latent: off-manifold treatment. manifold: pure latent "
+        "(residual dropped); noisy_manifold: x = G(z) + eta analysed as [z, eta]; hybrid: "
+        "latent step, then a state-space correction by state_filter")
+    residual_scale: float = Field(0.25, ge=0, description="noisy_manifold: weight of the "
+                                  "prior's residual covariance in the static background")
+    obs_fraction: float = Field(0.5, gt=0, lt=1, description="hybrid: share of the "
+                                "observation precision given to the latent step")
+    state_filter: StateFilterConfig | None = Field(None, description="hybrid: the state-space "
+                                                                     "correction filter")
+
+    @model_validator(mode="after")
+    def _mode_fields(self) -> SpaceConfig:
+        if self.kind == "state" and self.model_fields_set - {"kind"}:
+            raise ValueError(f"{', '.join(sorted(self.model_fields_set - {'kind'}))} only "
+                             f"apply to kind latent; remove them")
+        if self.kind == "latent":
+            if self.mode == "hybrid" and self.state_filter is None:
+                raise ValueError("mode hybrid needs state_filter (e.g. {method: letkf, "
+                                 "radius: 5})")
+            if self.mode != "hybrid" and ({"state_filter", "obs_fraction"}
+                                          & self.model_fields_set):
+                raise ValueError("state_filter and obs_fraction only apply to mode hybrid; "
+                                 "remove them")
+            if self.mode != "noisy_manifold" and "residual_scale" in self.model_fields_set:
+                raise ValueError("residual_scale only applies to mode noisy_manifold; "
+                                 "remove it")
+        return self
+
+
+class OODConfig(_Strict):
+    """Out-of-distribution diagnostics of the observations against the prior."""
+
+    enabled: bool | None = Field(None, description="write ood_residual, ood_score, ood_flag "
+                                 "and manifold_distance (default: when a prior is given)")
+    level: float = Field(0.01, gt=0, lt=1, description="flag when the chi-square score is "
+                                                        "below this")
+    latent_prior: bool = Field(True, description="add the latent prior term |z|^2 (dof m; "
+                               "without it dof m - k, and m > k is needed)")
+    window: int = Field(1, ge=1, description="ood_score and ood_flag test the sum of m * "
+                        "ood_residual over the last `window` analyses (chi-square with the "
+                        "summed dof): more power, at most window - 1 cycles of delay")
+    steps: int = Field(20, ge=1, description="iteration budget of the minimisation "
+                                             "(Levenberg-Marquardt steps)")
+
+
+class TruthShiftConfig(_Strict):
+    """A change of the truth during a twin experiment (out-of-distribution studies)."""
+
+    cycle: int = Field(..., ge=1, description="first analysis cycle after the change")
+    parameters: dict[str, float] = Field(default_factory=dict, description="model parameters "
+                                         "of the truth from then on (e.g. {F: 10.0}); the "
+                                         "forecast model keeps the case's")
+    vortex: dict[str, float] | None = Field(None, description="shallow water: add a balanced "
+                                            "vortex to the truth at the change: {amplitude "
+                                            "(m), width (m)}, centred in the domain")
 
 
 class OutputConfig(_Strict):
@@ -280,6 +385,12 @@ class Case(_Strict):
                                          description="bounds that stop a diverged run")
     parallel: ParallelConfig = Field(ParallelConfig(),
                                      description="where the ensemble forecasts run")
+    prior: CasePriorConfig | None = Field(None, description="generative prior (latent "
+                                          "spaces, OOD diagnostics)")
+    space: SpaceConfig = Field(SpaceConfig(), description="state or latent analysis")
+    ood: OODConfig = Field(OODConfig(), description="out-of-distribution diagnostics")
+    truth_shift: TruthShiftConfig | None = Field(None, description="a change of the truth "
+                                                 "half way (OOD studies)")
     expected: dict[str, float] = Field(default_factory=dict,
                                        description="numbers this case reaches (documentation)")
 
@@ -321,6 +432,37 @@ class Case(_Strict):
         if ec is not None and len(ec) != m:
             raise ValueError(f"observations.error_covariance is {len(ec)}x{len(ec)} but there "
                              f"are {m} observations")
+        sp = self.space
+        if sp.kind == "latent" and self.prior is None:
+            raise ValueError("space.kind latent needs a prior: add `prior: {path: "
+                             "models/NAME.pt}`")
+        if self.ood.enabled and self.prior is None:
+            raise ValueError("ood.enabled needs a prior: add `prior: {path: models/NAME.pt}`")
+        if sp.kind == "latent" and self.filter.method == "letkf":
+            raise ValueError("filter.method letkf cannot run on latent codes (they have no "
+                             "locations); use space.mode hybrid with state_filter letkf")
+        if (sp.kind == "latent" and sp.mode == "hybrid"
+                and self.filter.method in ("enks", "pf_smoother")):
+            raise ValueError("smoothers cannot run in space.mode hybrid (the state correction "
+                             "step is not smoothed); use mode noisy_manifold or manifold")
+        if (sp.state_filter is not None and sp.state_filter.method == "letkf"
+                and isinstance(model, LotkaVolterraConfig)):
+            raise ValueError("space.state_filter letkf needs a spatial model")
+        ts = self.truth_shift
+        if ts is not None:
+            if self.observations.file is not None:
+                raise ValueError("truth_shift needs a twin experiment (no observations.file)")
+            if ts.cycle >= self.cycles:
+                raise ValueError(f"truth_shift.cycle ({ts.cycle}) must be < cycles "
+                                 f"({self.cycles})")
+            if ts.vortex is not None and not isinstance(model, ShallowWaterConfig):
+                raise ValueError("truth_shift.vortex needs the shallow_water model")
+            if ts.vortex is not None and set(ts.vortex) != {"amplitude", "width"}:
+                raise ValueError("truth_shift.vortex needs exactly amplitude and width")
+            bad = sorted(set(ts.parameters) - set(type(model).model_fields) - {"system"})
+            if bad or "system" in ts.parameters:
+                raise ValueError(f"truth_shift.parameters: {bad or ['system']} are not "
+                                 f"parameters of the {model.system} model")
         if self.filter.method == "letkf" and isinstance(model, LotkaVolterraConfig):
             raise ValueError("filter.method letkf needs a spatial model; Lotka-Volterra has no "
                              "geometry: use etkf, enkf or enkf_n")
@@ -393,7 +535,8 @@ def load_case(path: str | os.PathLike, **overrides: Any) -> Case:
     """Read and validate a YAML case file; ``overrides`` replace top-level fields.
 
     Overriding ``cycles`` below the case's ``burn_in`` (a quick try of a long case)
-    shortens the burn-in to a tenth of the cycles.
+    shortens the burn-in to a tenth of the cycles, and moves a ``truth_shift`` that
+    would fall after the end to half the cycles.
 
     Raises
     ------
@@ -414,6 +557,11 @@ def load_case(path: str | os.PathLike, **overrides: Any) -> Case:
         if ("cycles" in given and "burn_in" not in given and isinstance(burn_in, int)
                 and isinstance(given["cycles"], int) and burn_in >= given["cycles"]):
             data["burn_in"] = given["cycles"] // 10  # a shortened run keeps a 10 % burn-in
+        shift = data.get("truth_shift")
+        if ("cycles" in given and "truth_shift" not in given and isinstance(shift, dict)
+                and isinstance(shift.get("cycle"), int) and isinstance(given["cycles"], int)
+                and shift["cycle"] >= given["cycles"] > 1):
+            data["truth_shift"] = {**shift, "cycle": given["cycles"] // 2}  # still half way
     return parse_case(data, str(p))
 
 
@@ -456,6 +604,11 @@ _REFERENCE_SECTIONS: list[tuple[str, type[BaseModel]]] = [
     ("observations.operator", OperatorConfig),
     ("ensemble", EnsembleConfig),
     ("filter", FilterConfig),
+    ("prior", CasePriorConfig),
+    ("space", SpaceConfig),
+    ("space.state_filter", StateFilterConfig),
+    ("ood", OODConfig),
+    ("truth_shift", TruthShiftConfig),
     ("output", OutputConfig),
     ("divergence", DivergenceConfig),
     ("parallel", ParallelConfig),

@@ -75,6 +75,19 @@ SCALARS: dict[str, tuple[str, str]] = {
 }
 
 
+#: out-of-distribution diagnostics written every cycle when the run has a monitor
+#: (see :class:`latentda.ood.OODMonitor`): name -> (long_name, units)
+OOD_SCALARS: dict[str, tuple[str, str]] = {
+    "ood_residual": ("min over z of |R^-1/2 (y - H G(z))|^2 / m: misfit of the observations "
+                     "to the closest state the prior can generate (about dof/m in "
+                     "distribution)", "1"),
+    "ood_score": ("chi-square upper-tail probability of m * ood_residual (small: the "
+                  "observations are out of the prior's distribution)", "1"),
+    "manifold_distance": ("RMS distance |x - G(E(x))| / sqrt(n) of the analysis mean from "
+                          "the generator's range", "model units"),
+}
+
+
 #: per-component skill written every cycle: name -> long_name
 COMPONENT_SCALARS: dict[str, str] = {
     "rmse_forecast_by_component": "RMSE of the forecast mean per state component",
@@ -133,13 +146,19 @@ class Cycle:
     forecaster : optional
         A :class:`~latentda.parallel.Forecaster` that runs the forecasts over batches
         of members on a Dask scheduler (default: ``model.step`` in this thread).
+    monitor : optional
+        An out-of-distribution monitor (:class:`latentda.ood.OODMonitor`): called
+        with the valid observations, their error covariance, the valid-mask and the
+        analysis mean every analysis; its values (:data:`OOD_SCALARS` and
+        ``ood_flag``) are written.
     """
 
     def __init__(self, model: Dynamics, filter: EnsembleFilter, operator: ObservationOperator,
                  ensemble: np.ndarray, *, space: Any = None, t0: float = 0.0, seed: int = 0,
                  writer: Any = None, store_ensemble: bool = False,
                  blas_threads: int | None = -1, max_rmse: float | None = None,
-                 max_spread: float | None = None, forecaster: Any = None) -> None:
+                 max_spread: float | None = None, forecaster: Any = None,
+                 monitor: Any = None) -> None:
         if not isinstance(model, Dynamics):
             raise ValueError(f"model must be a latentda Dynamics (got {type(model).__name__})")
         if not isinstance(filter, EnsembleFilter):
@@ -162,6 +181,7 @@ class Cycle:
         self.cycle_index = 0
         self.writer = writer
         self.forecaster = forecaster
+        self.monitor = monitor
         self.store_ensemble = bool(store_ensemble)
         self.last: CycleRecord | None = None
         self.max_rmse = None if max_rmse is None else check_float("max_rmse", max_rmse,
@@ -234,6 +254,10 @@ class Cycle:
         return dg.EnsembleSummary(mean, np.sqrt(var), float(np.sqrt(var.mean())), rmse,
                                   s.crps, s.ranks)
 
+    @staticmethod
+    def _weighted_mean(E: np.ndarray, w: np.ndarray | None) -> np.ndarray:
+        return E.mean(axis=0) if w is None else w @ E
+
     def _observation(self, y: np.ndarray, var: np.ndarray, valid: np.ndarray) -> Observation:
         op = self.operator
         sel = valid if not valid.all() else None
@@ -242,7 +266,7 @@ class Cycle:
             HX = op(X)
             return HX if sel is None else HX[:, sel]
 
-        h = self.space.observe(h_valid)
+        h = h_valid
 
         loc = None if self._obs_loc is None else self._obs_loc[valid]
         R = np.diag(var[valid]) if var.ndim == 1 else var[np.ix_(valid, valid)]
@@ -281,13 +305,15 @@ class Cycle:
         scalars = dict.fromkeys(SCALARS, float("nan"))
         w_f = w_a = self.weights
         analysed = bool(valid.any())
+        latent = getattr(self.space, "latent_dim", None) is not None
+        Zf = Za = None
         if analysed:
             obs = self._observation(y, var, valid)
             try:
-                res = self.filter.analyse(self.space.encode(Ef), obs, rng,
-                                          geometry=getattr(self.space, "geometry", None))
-                Ea = self.space.decode(res.E)
-                inn_rms, inn_chi2 = dg.innovation_statistics(res.HE, obs.y, obs.R)
+                asm = self.space.assimilate(self.filter, Ef, obs, rng)
+                res, Ea = asm.result, asm.E
+                Zf, Za = asm.latent_forecast, asm.latent_analysis
+                inn_rms, inn_chi2 = dg.innovation_statistics(asm.HE, obs.y, obs.R)
             except np.linalg.LinAlgError as err:  # overflowing or degenerate ensembles
                 raise DivergenceError(self.t, f"the analysis failed ({err}); the ensemble is "
                                       f"degenerate (spread {dg.spread(Ef):.3g})") from err
@@ -302,6 +328,15 @@ class Cycle:
             Ea = Ef.copy()
         if not np.all(np.isfinite(Ea)):
             raise DivergenceError(self.t, "the analysis ensemble is not finite")
+        if latent and Zf is None:
+            Zf = self.space.codes(Ef)
+        if latent and Za is None:
+            Za = Zf
+        ood: dict[str, Any] = {}
+        if self.monitor is not None:
+            R = np.diag(var[valid]) if var.ndim == 1 else var[np.ix_(valid, valid)]
+            ood = self.monitor(y[valid], R, valid, self._weighted_mean(Ea, w_a)) if analysed \
+                else self.monitor.missing()
         if truth is not None:
             truth = np.asarray(truth, dtype=np.float64)
         fs = self._summary(Ef, w_f, truth)
@@ -322,7 +357,8 @@ class Cycle:
         rec = CycleRecord(time=self.t, scalars=scalars, obs_valid=int(valid.sum()),
                           rank_histogram=ranks, forecast=Ef, analysis=Ea, truth=truth,
                           obs_value=y, by_component=by_comp,
-                          extra={"forecast_summary": fs, "analysis_summary": an})
+                          extra={"forecast_summary": fs, "analysis_summary": an,
+                                 "latent_forecast": Zf, "latent_analysis": Za, "ood": ood})
         self.last = rec
         self.cycle_index += 1
         if not self.smoother:
@@ -431,6 +467,19 @@ class Cycle:
         if self.store_ensemble:
             out["forecast"] = rec.forecast
             out["analysis"] = rec.analysis
+        Zf, Za = rec.extra.get("latent_forecast"), rec.extra.get("latent_analysis")
+        if getattr(self.space, "latent_dim", None) is not None:
+            k = self.space.latent_dim
+            for name, Z in (("latent_forecast", Zf), ("latent_analysis", Za)):
+                Z = np.full((self.N, k), np.nan) if Z is None else Z
+                out[f"{name}_mean"] = Z.mean(axis=0)
+                out[f"{name}_std"] = Z.std(axis=0, ddof=1)
+                if self.store_ensemble:
+                    out[name] = Z
+        if self.monitor is not None:
+            ood = rec.extra.get("ood") or self.monitor.missing()
+            out.update({k: np.float64(ood[k]) for k in OOD_SCALARS})
+            out["ood_flag"] = np.bool_(ood["ood_flag"])
         if self.smoother:
             ss = rec.extra.get("smoothed_summary")
             out["smoothed_mean"] = nan if ss is None else ss.mean
@@ -494,9 +543,13 @@ class Cycle:
         return {"time": np.asarray(times), **{k: np.asarray(v) for k, v in series.items()}}
 
 
-def output_variables(store_ensemble: bool, smoother: bool = False,
-                     ) -> list[tuple[str, tuple[str, ...], str, dict]]:
-    """The per-cycle variables of the run dataset: (name, dims, dtype, attrs)."""
+def output_variables(store_ensemble: bool, smoother: bool = False, latent: bool = False,
+                     ood: bool = False) -> list[tuple[str, tuple[str, ...], str, dict]]:
+    """The per-cycle variables of the run dataset: (name, dims, dtype, attrs).
+
+    ``latent``: the run analyses in a latent space (codes are written);
+    ``ood``: it has an out-of-distribution monitor.
+    """
     mu = "model units"
     out: list[tuple[str, tuple[str, ...], str, dict]] = [
         ("truth", ("state",), "float64", {"long_name": "true state (NaN: unknown)", "units": mu}),
@@ -528,6 +581,26 @@ def output_variables(store_ensemble: bool, smoother: bool = False,
             ("analysis", ("member", "state"), "float64",
              {"long_name": "analysis ensemble", "units": mu}),
         ]
+    if latent:
+        for stage in ("forecast", "analysis"):
+            out += [
+                (f"latent_{stage}_mean", ("latent",), "float64",
+                 {"long_name": f"mean of the latent codes of the {stage} members",
+                  "units": "latent units"}),
+                (f"latent_{stage}_std", ("latent",), "float64",
+                 {"long_name": f"standard deviation of the latent codes of the {stage} members",
+                  "units": "latent units"}),
+            ]
+            if store_ensemble:
+                out.append((f"latent_{stage}", ("member", "latent"), "float64",
+                            {"long_name": f"latent codes of the {stage} members",
+                             "units": "latent units"}))
+    if ood:
+        out += [(k, (), "float64", {"long_name": ln, "units": u})
+                for k, (ln, u) in OOD_SCALARS.items()]
+        out.append(("ood_flag", (), "bool",
+                    {"long_name": "observations flagged out of distribution (ood_score below "
+                                  "the level)", "units": "1"}))
     if smoother:
         out += [
             ("smoothed_mean", ("state",), "float64",

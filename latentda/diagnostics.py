@@ -200,3 +200,53 @@ def ensemble_summary(E: np.ndarray, truth: np.ndarray | None = None) -> Ensemble
     y = np.ascontiguousarray(truth, dtype=np.float64) if has else np.zeros(n)
     spread_, rmse_, crps_ = _summary_kernel(E, y, has, mean, std, ranks)
     return EnsembleSummary(mean, std, float(spread_), float(rmse_), float(crps_), ranks)
+
+
+def roc_auc(negatives: np.ndarray, positives: np.ndarray) -> float:
+    """Area under the ROC curve of a score that should be larger for ``positives``.
+
+    The Mann-Whitney statistic: the probability that a random positive scores above
+    a random negative, ties counting one half. 1: perfect separation, 0.5: chance.
+
+    Raises
+    ------
+    ValueError
+        If either sample is empty or not finite.
+    """
+    from scipy.stats import rankdata
+
+    neg = np.asarray(negatives, dtype=np.float64).ravel()
+    pos = np.asarray(positives, dtype=np.float64).ravel()
+    if neg.size == 0 or pos.size == 0:
+        raise ValueError("negatives and positives must both be non-empty")
+    if not (np.isfinite(neg).all() and np.isfinite(pos).all()):
+        raise ValueError("negatives and positives must be finite (drop NaN cycles first)")
+    r = rankdata(np.concatenate([neg, pos]))
+    n1 = pos.size
+    return float((r[neg.size:].sum() - n1 * (n1 + 1) / 2.0) / (neg.size * n1))
+
+
+def windowed_chi2_scores(stat: np.ndarray, dof: np.ndarray | float, window: int) -> np.ndarray:
+    """Chi-square tail probabilities of the sums of ``stat`` over trailing windows.
+
+    ``stat[t]`` is a statistic that is ``chi2(dof[t])`` in distribution (e.g. ``m *
+    ood_residual``), independent over ``t``; the score at ``t`` tests the sum over
+    ``t - window + 1 .. t`` (fewer at the start) against ``chi2`` of the summed dof.
+    NaN entries (no observation) count as absent.
+    """
+    from scipy.stats import chi2
+
+    s = np.asarray(stat, dtype=np.float64)
+    d = np.broadcast_to(np.asarray(dof, dtype=np.float64), s.shape).copy()
+    if window < 1:
+        raise ValueError(f"window must be >= 1 (got {window})")
+    ok = np.isfinite(s)
+    cs = np.concatenate([[0.0], np.cumsum(np.where(ok, s, 0.0))])
+    cd = np.concatenate([[0.0], np.cumsum(np.where(ok, d, 0.0))])
+    idx = np.arange(s.size)
+    lo = np.maximum(idx + 1 - window, 0)
+    S, D = cs[idx + 1] - cs[lo], cd[idx + 1] - cd[lo]
+    out = np.full(s.size, np.nan)
+    good = D > 0
+    out[good] = chi2.sf(S[good], D[good])
+    return out

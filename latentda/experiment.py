@@ -7,6 +7,7 @@ writes the store; :func:`summarize` reduces the diagnostics after burn-in.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import warnings
@@ -17,9 +18,10 @@ from typing import Any
 import numpy as np
 
 from latentda import config as cfg
+from latentda.case_space import SpaceSetup, build_space
 from latentda.cycle import Cycle, output_variables
 from latentda.dynamics.base import Dynamics
-from latentda.filters import ETKF, LETKF, EnKF, EnKF_N
+from latentda.filters import ETKF, LETKF, EnKF, EnKF_N, HybridETKF
 from latentda.filters.adaptive import AdaptiveETKF
 from latentda.filters.base import EnsembleFilter
 from latentda.io import RunWriter, VarSpec
@@ -89,6 +91,8 @@ def build_filter(fc: cfg.FilterConfig) -> EnsembleFilter:
         return LETKF(radius=fc.radius, inflation=fc.inflation, weight_stride=fc.weight_stride)
     if fc.method == "etkf_adaptive":
         return AdaptiveETKF(inflation=fc.inflation, prior_var=fc.prior_var)
+    if fc.method == "hybrid_etkf":
+        return HybridETKF(inflation=fc.inflation, beta=fc.beta)
     if fc.method in ("pf", "pf_smoother"):
         from latentda.filters.particle import ParticleFilter
         from latentda.smoothers import FixedLagParticleSmoother
@@ -164,6 +168,7 @@ class Prepared:
     ensemble: np.ndarray
     filter: EnsembleFilter
     store: Path | None
+    setup: SpaceSetup | None = None
 
 
 def prepare(case: cfg.Case, *, store: str | os.PathLike | None = None, overwrite: bool = False,
@@ -183,12 +188,14 @@ def prepare(case: cfg.Case, *, store: str | os.PathLike | None = None, overwrite
                               "replace it, or --out to write elsewhere")
     model = build_model(case.model)
     n = model.state_dim
+    setup = None
     if case.observations.file is not None:
         stream = ObservationStream.from_file(case.observations.file, n)
         operator = stream.operator
         truth0 = None
     else:
         operator = build_operator(case, n)
+        setup = build_space(case, model, operator)  # fails before the truth is simulated
         ev, ec = case.observations.error_variances, case.observations.error_covariance
         if ec is not None:
             noise = GaussianNoise.full(ec)
@@ -198,10 +205,7 @@ def prepare(case: cfg.Case, *, store: str | os.PathLike | None = None, overwrite
             noise = GaussianNoise.scalar(case.observations.error_variance, operator.obs_dim)
         truth_rng = np.random.default_rng([case.seed, _TRUTH])
         x0 = _initial_truth(case, model, truth_rng)
-        ds = twin_experiment(model, operator, noise, n_cycles=case.cycles,
-                             schedule=ObsSchedule(every=case.observations.every),
-                             missing_fraction=case.observations.missing_fraction,
-                             seed=truth_rng, initial_state=x0)
+        ds = _twin(case, model, operator, noise, truth_rng, x0)
         if not np.all(np.isfinite(ds["truth"].values)):
             bad = int(np.argmax(~np.isfinite(ds["truth"].values).all(axis=1)))
             raise cfg.CaseError(f"model: the truth simulation is not finite from analysis time "
@@ -217,10 +221,52 @@ def prepare(case: cfg.Case, *, store: str | os.PathLike | None = None, overwrite
                                    None if stream.truth is None else stream.truth[:case.cycles],
                                    stream.initial_truth)
     _check_times_on_grid(stream.times, model)
+    if setup is None:
+        setup = build_space(case, model, operator)
     ens_rng = np.random.default_rng([case.seed, _ENSEMBLE])
     E0 = _initial_ensemble(case, model, truth0, ens_rng)
     return Prepared(case, model, operator, stream, E0, build_filter(case.filter),
-                    path if write else None)
+                    path if write else None, setup)
+
+
+def _twin(case: cfg.Case, model: Dynamics, operator: ObservationOperator,
+          noise: GaussianNoise, rng: np.random.Generator, x0: np.ndarray) -> Any:
+    """The twin experiment of a case; with ``truth_shift`` the truth changes at its cycle.
+
+    Observations of both segments share one schedule; the second segment continues
+    the truth from the last state of the first, run by a model with the shifted
+    parameters (and, for shallow water, with a balanced vortex added).
+    """
+    import xarray as xr
+
+    kw = {"schedule": ObsSchedule(every=case.observations.every),
+          "missing_fraction": case.observations.missing_fraction}
+    ts = case.truth_shift
+    if ts is None:
+        return twin_experiment(model, operator, noise, n_cycles=case.cycles, seed=rng,
+                               initial_state=x0, **kw)
+    r1, r2, rv = rng.spawn(3)
+    first = twin_experiment(model, operator, noise, n_cycles=ts.cycle, seed=r1,
+                            initial_state=x0, **kw)
+    shifted = build_model(case.model.model_copy(update=ts.parameters)) if ts.parameters \
+        else model
+    x = first["truth"].values[-1].copy()
+    if ts.vortex is not None:
+        w = float(ts.vortex["width"])
+        vort = model.random_vortices(1, rv, n_vortices=1, amplitude=float(ts.vortex["amplitude"]),
+                                     width=(w, w))[0]
+        x += vort - model.pack(np.full((model.ny, model.nx), model.H),
+                               np.zeros((model.ny, model.nx)), np.zeros((model.ny, model.nx)))[0]
+    # the second segment starts from the truth at the last time of the first
+    second = twin_experiment(shifted, operator, noise, n_cycles=case.cycles - ts.cycle,
+                             seed=r2, initial_state=x, **kw)
+    t_end = float(first["time"].values[-1])
+    second = second.assign_coords(time=second["time"].values + t_end)
+    out = xr.concat([first[["truth", "obs_value"]], second[["truth", "obs_value"]]], dim="time")
+    for name in ("obs_error_var", "initial_truth"):
+        out[name] = first[name]
+    out.attrs = {**first.attrs, "truth_shift_cycle": ts.cycle}
+    return out
 
 
 def make_writer(p: Prepared, overwrite: bool, *, resume: bool = False,
@@ -228,8 +274,11 @@ def make_writer(p: Prepared, overwrite: bool, *, resume: bool = False,
     """The store writer of a prepared run, with coordinates and global attributes."""
     case, model = p.case, p.model
     smoother = hasattr(p.filter, "released") and hasattr(p.filter, "flush")
+    setup = p.setup or SpaceSetup(space=None)
+    k = getattr(setup.space, "latent_dim", None)
     variables = [VarSpec(name, dims, dtype, attrs) for name, dims, dtype, attrs
-                 in output_variables(case.output.store_ensemble, smoother)]
+                 in output_variables(case.output.store_ensemble, smoother, latent=k is not None,
+                                     ood=setup.monitor is not None)]
     coords: dict[str, Any] = {
         "state": ("state", np.arange(model.state_dim, dtype=np.int32),
                   {"long_name": "state variable index", "units": "1"}),
@@ -240,6 +289,9 @@ def make_writer(p: Prepared, overwrite: bool, *, resume: bool = False,
             "flag_values": list(range(len(model.components()))),
             "flag_meanings": " ".join(nm for nm, _ in model.components())}),
     }
+    if k is not None:
+        coords["latent"] = ("latent", np.arange(k, dtype=np.int32),
+                            {"long_name": "latent coordinate index", "units": "1"})
     if np.array_equal(p.stream.variances, np.broadcast_to(p.stream.variances[0],
                                                           p.stream.variances.shape)):
         coords["obs_error_var"] = ("obs", p.stream.variances[0], {
@@ -252,7 +304,10 @@ def make_writer(p: Prepared, overwrite: bool, *, resume: bool = False,
         "system": model.name,
         "model": repr(model),
         "filter": repr(p.filter),
-        "space": "state",
+        "space": "state" if setup.space is None else repr(setup.space),
+        "prior_checkpoint": "" if case.prior is None else case.prior.path,
+        "prior_checkpoint_sha256": setup.prior_hash,
+        "ood_monitor": "" if setup.monitor is None else repr(setup.monitor),
         "ensemble_size": int(p.ensemble.shape[0]),
         "burn_in_cycles": case.burn_in,
         "has_truth": int(p.stream.has_truth),
@@ -359,7 +414,9 @@ def run_case(case: cfg.Case, *, store: str | os.PathLike | None = None, overwrit
                 seed=int(np.random.SeedSequence([case.seed, _CYCLES]).generate_state(1)[0]),
                 writer=writer, store_ensemble=case.output.store_ensemble,
                 max_rmse=case.divergence.max_rmse, max_spread=case.divergence.max_spread,
-                forecaster=forecaster)
+                forecaster=forecaster,
+                space=None if p.setup is None else p.setup.space,
+                monitor=None if p.setup is None else p.setup.monitor)
     try:
         forecaster.start()  # a cluster that cannot be reached fails before any cycle
         if resume and writer.n_written > 0:
@@ -368,7 +425,9 @@ def run_case(case: cfg.Case, *, store: str | os.PathLike | None = None, overwrit
                 raise ValueError(f"cannot resume {p.store}: its checkpoint follows cycle {n} but "
                                  f"{writer.n_written} cycles are stored")
             cyc.restore(arrays, meta)
-        series = cyc.run(p.stream, progress=progress)
+        threads = p.setup.torch_threads() if p.setup is not None else contextlib.nullcontext()
+        with threads:
+            series = cyc.run(p.stream, progress=progress)
     except DivergenceError as exc:
         if writer is not None:
             writer.close(status=str(exc))

@@ -171,6 +171,29 @@ def fig_ess(ds: xr.Dataset, out: Path) -> Path:
     return _save(fig, out / "ess.png")
 
 
+def fig_ood(ds: xr.Dataset, out: Path) -> Path:
+    """OOD residual (flagged analyses marked) and manifold distance over time."""
+    plt = _plt()
+    t = ds["time"].values
+    fig, (a1, a2) = plt.subplots(2, 1, figsize=(8, 5), sharex=True)
+    a1.plot(t, ds["ood_residual"].values, "C0-", lw=0.7, label="ood_residual")
+    flag = ds["ood_flag"].values.astype(bool)
+    a1.plot(t[flag], ds["ood_residual"].values[flag], "C3.", ms=4, label="flagged")
+    a1.set_ylabel("OOD residual (1)")
+    a2.plot(t, ds["manifold_distance"].values, "C2-", lw=0.7)
+    a2.set_ylabel(f"manifold distance ({ds['manifold_distance'].attrs.get('units', '')})")
+    a2.set_xlabel(f"time ({_tunit(ds)})")
+    shift = json.loads(ds.attrs.get("case_config", "{}")).get("truth_shift")
+    if shift:
+        ts = t[min(int(shift["cycle"]), t.size - 1)]
+        for ax in (a1, a2):
+            ax.axvline(ts, color="k", ls="--", lw=0.8)
+        a1.text(ts, a1.get_ylim()[1], " truth shift", va="top", fontsize=8)
+    a1.legend(loc="upper left", fontsize=8)
+    a1.set_title("Out-of-distribution diagnostics of the observations")
+    return _save(fig, out / "ood.png")
+
+
 def make_report(store: str | os.PathLike, out: str | os.PathLike | None = None) -> Path:
     """Write the figures of a store and ``report.md`` into ``out`` (default ``<store>_report``).
 
@@ -193,8 +216,10 @@ def make_report(store: str | os.PathLike, out: str | os.PathLike | None = None) 
         figs.append(fig_shallow_water(ds, out))
     if system == "lotka_volterra":
         figs.append(fig_lotka_volterra(ds, out))
-    if "ess" in ds:
+    if "ess" in ds and np.isfinite(ds["ess"].values).any():
         figs.append(fig_ess(ds, out))
+    if "ood_residual" in ds:
+        figs.append(fig_ood(ds, out))
     tail = ds.isel(time=slice(burn_in, None))
     lines = [f"# Report: {ds.attrs.get('case_name', store.stem)}", "",
              f"Made by `latentda report {store}`. {ds.attrs.get('case_description', '')}".strip(),
@@ -210,6 +235,11 @@ def make_report(store: str | os.PathLike, out: str | os.PathLike | None = None) 
         lines.append(f"| {label} | {fv:.4g} | {av:.4g} |")
     lines += ["", f"Normalised innovation: {float(tail['innovation_chi2'].mean()):.3g} "
               "(about 1 for a consistent filter).", ""]
+    if "ood_residual" in ds:
+        lines += [f"OOD: mean ood_residual {float(tail['ood_residual'].mean()):.3g}, "
+                  f"{100 * float(tail['ood_flag'].astype(float).mean()):.1f}% of analyses "
+                  f"flagged (`{ds.attrs.get('ood_monitor', '')}`), mean manifold distance "
+                  f"{float(tail['manifold_distance'].mean()):.3g}.", ""]
     comps = str(ds["component"].attrs.get("flag_meanings", "")).split()
     if len(comps) > 1:
         lines += ["| component | analysis RMSE | analysis spread |", "|---|---|---|"]

@@ -15,8 +15,8 @@ CASES = sorted((Path(__file__).resolve().parent.parent / "cases").glob("*.yaml")
 
 @pytest.mark.parametrize("path", CASES, ids=[p.stem for p in CASES])
 def test_case_smoke(path, tmp_path):
-    case = load_case(path)
-    case = case.model_copy(update={"cycles": 3, "burn_in": 0})
+    case = load_case(path, cycles=4)  # a truth_shift moves to cycle 2
+    case = case.model_copy(update={"burn_in": 0})
     summary, store = run_case(case, store=tmp_path / "s.zarr")
     assert store.exists()
     assert math.isfinite(summary["spread_analysis"])

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
 from latentda.diagnostics import crps, innovation_statistics, rank_histogram, rmse, spread
 
@@ -88,3 +89,34 @@ def test_one_pass_summary_equals_the_separate_functions(rng):
         np.testing.assert_array_equal(s.ranks, rank_histogram(E, y))
         s0 = ensemble_summary(E)
         assert np.isnan(s0.rmse) and np.isnan(s0.crps) and s0.ranks.sum() == 0
+
+
+def test_roc_auc_is_the_mann_whitney_probability():
+    from latentda.diagnostics import roc_auc
+
+    assert roc_auc([0, 1, 2], [3, 4]) == 1.0
+    assert roc_auc([3, 4], [0, 1, 2]) == 0.0
+    assert roc_auc([1, 2], [1, 2]) == 0.5
+    rng = np.random.default_rng(0)
+    a, b = rng.normal(size=4000), rng.normal(1.0, size=4000)
+    # for two unit Gaussians a distance d apart, AUC = Phi(d / sqrt(2))
+    from scipy.stats import norm
+
+    assert abs(roc_auc(a, b) - norm.cdf(1 / np.sqrt(2))) < 0.015
+    with pytest.raises(ValueError, match="finite"):
+        roc_auc([np.nan], [1.0])
+
+
+def test_windowed_chi2_scores_sum_the_window():
+    from scipy.stats import chi2
+
+    from latentda.diagnostics import windowed_chi2_scores
+
+    s = np.array([3.0, 5.0, np.nan, 7.0])
+    out = windowed_chi2_scores(s, 4.0, 2)
+    np.testing.assert_allclose(out, [chi2.sf(3, 4), chi2.sf(8, 8), chi2.sf(5, 4),
+                                     chi2.sf(7, 4)])
+    rng = np.random.default_rng(1)
+    x = rng.chisquare(6, size=20000)
+    sc = windowed_chi2_scores(x, 6, 3)
+    assert abs(np.mean(sc[2:] < 0.05) - 0.05) < 0.01

@@ -15,6 +15,7 @@ from latentda.filters import (
     EnKF,
     EnKF_N,
     Geometry,
+    HybridETKF,
     Observation,
     gaspari_cohn,
     periodic_distance,
@@ -717,7 +718,9 @@ def test_h_not_called_before_validation() -> None:
 
 
 def test_registry_and_reprs_label_runs() -> None:
-    assert set(FILTERS) == {"EnKF", "ETKF", "LETKF", "EnKF_N", "AdaptiveETKF", "ParticleFilter"}
+    assert set(FILTERS) == {"EnKF", "ETKF", "LETKF", "EnKF_N", "AdaptiveETKF", "ParticleFilter",
+                            "HybridETKF"}
+    assert repr(HybridETKF(beta=0.3)) == "HybridETKF(inflation=1.0, beta=0.3)"
     assert repr(ETKF(inflation=1.02)) == "ETKF(inflation=1.02)"
     assert repr(LETKF(4, inflation=1.02)) == \
         "LETKF(inflation=1.02, radius=4.0, taper='gaspari_cohn')"

@@ -40,3 +40,15 @@ def test_readme_prior_example_runs():
     words = out.getvalue().split()
     assert words[0].startswith("VAEPrior(") and "32" in words
     assert float(words[-1]) < 1.5  # reconstruction RMSE, far below the climatological 3.6
+
+
+def test_readme_latent_example_runs_and_stays_stable():
+    blocks = python_blocks()
+    prior = next(b for b in blocks if "priors.load" in b)
+    script = next(b for b in blocks if "Cycle(" in b and "LatentSpace" not in b)
+    latent = next(b for b in blocks if "LatentSpace(" in b)
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        exec(compile(prior + script + latent, "README.md", "exec"), {})
+    rmse = float(out.getvalue().split()[-1])
+    assert 0.1 < rmse < 0.35, rmse  # the README says about 0.26; the state ETKF diverges

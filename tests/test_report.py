@@ -36,3 +36,23 @@ def test_report_renders_figures(system, tmp_path):
         data = png.read_bytes()
         assert data[:8] == PNG and len(data) > 5000, name
         assert f"({name}.png)" in md
+
+
+def test_report_of_a_latent_run_with_a_truth_shift_shows_ood(tmp_path):
+    from pathlib import Path
+
+    vae = Path(__file__).resolve().parent.parent / "models" / "l96_vae_k32.pt"
+    case = parse_case({"name": "ood", "cycles": 8,
+                       "model": {"system": "lorenz96", "n": 40},
+                       "observations": {"operator": {"kind": "identity"},
+                                        "error_variance": 1.0},
+                       "ensemble": {"size": 6, "init": "perturbed_truth"},
+                       "prior": {"path": str(vae), "device": "cpu"},
+                       "space": {"kind": "latent", "mode": "noisy_manifold"},
+                       "filter": {"method": "etkf", "inflation": 1.05},
+                       "truth_shift": {"cycle": 4, "parameters": {"F": 10.0}}})
+    _, store = run_case(case, store=tmp_path / "r.zarr")
+    assert main(["report", str(store), "--out", str(tmp_path / "rep")]) == 0
+    md = (tmp_path / "rep" / "report.md").read_text()
+    assert "(ood.png)" in md and "OOD: mean ood_residual" in md
+    assert (tmp_path / "rep" / "ood.png").read_bytes()[:8] == PNG

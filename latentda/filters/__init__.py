@@ -17,10 +17,17 @@ take a :class:`Geometry`.
 from __future__ import annotations
 
 from latentda.filters.adaptive import AdaptiveETKF
-from latentda.filters.base import AnalysisResult, EnsembleFilter, Geometry, Observation
+from latentda.filters.base import (
+    AnalysisResult,
+    Background,
+    EnsembleFilter,
+    Geometry,
+    Observation,
+)
 from latentda.filters.enkf import EnKF
 from latentda.filters.enkf_n import EnKF_N
 from latentda.filters.etkf import ETKF
+from latentda.filters.hybrid import HybridETKF
 from latentda.filters.letkf import LETKF
 from latentda.filters.localization import gaspari_cohn, periodic_distance
 from latentda.filters.particle import ParticleFilter
@@ -29,6 +36,7 @@ from latentda.filters.particle import ParticleFilter
 FILTERS: dict[str, type[EnsembleFilter]] = {
     "EnKF": EnKF,
     "ETKF": ETKF,
+    "HybridETKF": HybridETKF,
     "LETKF": LETKF,
     "EnKF_N": EnKF_N,
     "AdaptiveETKF": AdaptiveETKF,
@@ -37,11 +45,13 @@ FILTERS: dict[str, type[EnsembleFilter]] = {
 
 __all__ = [
     "AnalysisResult",
+    "Background",
     "EnsembleFilter",
     "Geometry",
     "Observation",
     "EnKF",
     "ETKF",
+    "HybridETKF",
     "LETKF",
     "EnKF_N",
     "AdaptiveETKF",

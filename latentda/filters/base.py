@@ -21,7 +21,8 @@ from latentda._validate import check_float, check_rng
 from latentda.filters.localization import as_period
 from latentda.linalg import is_diagonal, sym_inv_sqrt
 
-__all__ = ["Observation", "Geometry", "AnalysisResult", "EnsembleFilter", "record_jitter"]
+__all__ = ["Observation", "Geometry", "Background", "AnalysisResult", "EnsembleFilter",
+           "record_jitter"]
 
 #: largest eigenvalue floor applied during the current analysis (see record_jitter)
 _JITTER: contextvars.ContextVar[list[float] | None] = contextvars.ContextVar(
@@ -175,6 +176,62 @@ class Geometry:
         return self.locations.shape[0]
 
 
+@dataclass(frozen=True, eq=False)
+class Background:
+    """A static background covariance ``B = S S^T`` of the analysed variables.
+
+    Hybrid filters blend it with the ensemble covariance. The *space* supplies
+    it: a scaled climatological covariance in state space, the generative
+    prior's latent covariance (and the off-manifold residual covariance) in
+    latent space. Filters push its columns through ``h`` as secants around the
+    ensemble mean, so ``h`` needs no derivative.
+
+    Parameters
+    ----------
+    sqrt : ndarray, shape (d, r)
+        Square-root columns ``S`` (any ``r >= 1``).
+    """
+
+    sqrt: np.ndarray
+
+    def __post_init__(self) -> None:
+        S = np.asarray(self.sqrt)
+        if S.dtype.kind not in "biuf" or S.ndim != 2 or min(S.shape) < 1:
+            raise ValueError(f"background.sqrt must be a real (d, r) array of square-root "
+                             f"columns (got shape {S.shape}, dtype {S.dtype})")
+        S = np.ascontiguousarray(S, dtype=np.float64)
+        if not np.isfinite(S).all():
+            raise ValueError("background.sqrt must be finite")
+        object.__setattr__(self, "sqrt", S)
+
+    @property
+    def d(self) -> int:
+        """Number of variables."""
+        return self.sqrt.shape[0]
+
+    @classmethod
+    def from_covariance(cls, B: np.ndarray, scale: float = 1.0, rtol: float = 1e-10,
+                        ) -> Background:
+        """The symmetric square root of ``scale * B`` (eigenvalues below ``rtol`` dropped).
+
+        ``B`` may be a full ``(d, d)`` matrix or its diagonal ``(d,)``.
+        """
+        B = np.asarray(B, dtype=np.float64)
+        scale = check_float("scale", scale, positive=True)
+        if B.ndim == 1:
+            if (B < 0).any():
+                raise ValueError("background covariance diagonal must be >= 0")
+            return cls(np.diag(np.sqrt(scale * B)))
+        if B.ndim != 2 or B.shape[0] != B.shape[1] or not np.isfinite(B).all():
+            raise ValueError(f"background covariance must be a finite square matrix "
+                             f"(got shape {B.shape})")
+        lam, V = np.linalg.eigh(0.5 * (B + B.T))
+        keep = lam > rtol * max(float(lam[-1]), 0.0)
+        if not keep.any():
+            raise ValueError("background covariance is zero")
+        return cls(V[:, keep] * np.sqrt(scale * lam[keep]))
+
+
 @dataclass
 class AnalysisResult:
     """What an analysis returns.
@@ -231,6 +288,8 @@ class EnsembleFilter(ABC):
 
     #: whether ``analyse`` draws random numbers (needs an ``rng``)
     stochastic = False
+    #: whether ``analyse`` needs a static :class:`Background` covariance
+    needs_background = False
 
     def __post_init__(self) -> None:
         self._validate_params()
@@ -240,7 +299,8 @@ class EnsembleFilter(ABC):
         self.inflation = check_float("inflation", self.inflation, min_value=1.0)
 
     def analyse(self, E: np.ndarray, obs: Observation, rng: np.random.Generator | None,
-                geometry: Geometry | None = None) -> AnalysisResult:
+                geometry: Geometry | None = None, background: Background | None = None,
+                ) -> AnalysisResult:
         """Assimilate ``obs`` into the forecast ensemble ``E``.
 
         Parameters
@@ -254,6 +314,9 @@ class EnsembleFilter(ABC):
             which accept ``None``).
         geometry : Geometry, optional
             Locations of the ``d`` variables (for localization).
+        background : Background, optional
+            Static background covariance of the ``d`` variables, for hybrid filters
+            (``needs_background``); other filters ignore it.
 
         Returns
         -------
@@ -282,14 +345,25 @@ class EnsembleFilter(ABC):
                 raise ValueError(f"geometry.locations must have one row per variable: "
                                  f"{E.shape[1]} rows for E of shape {E.shape} "
                                  f"(got {geometry.d})")
+        if self.needs_background:
+            if not isinstance(background, Background):
+                raise ValueError(f"{type(self).__name__} needs a static background covariance "
+                                 f"(background=latentda.filters.Background(...)); a space "
+                                 f"supplies one (got {type(background).__name__})")
+            if background.d != E.shape[1]:
+                raise ValueError(f"background.sqrt must have one row per variable: "
+                                 f"{E.shape[1]} rows for E of shape {E.shape} "
+                                 f"(got {background.d})")
         self._check_call(E, obs, geometry)
         HE = self._observe(obs, E)
         token = _JITTER.set([0.0])
+        self._background = background if self.needs_background else None
         try:
             E_a, info = self._analyse(E, HE, obs, rng, geometry)
             jitter = _JITTER.get()[0]
         finally:
             _JITTER.reset(token)
+            self._background = None
         info = {**info, "jitter": jitter}
         return AnalysisResult(E=E_a, HE=HE, info=info)
 

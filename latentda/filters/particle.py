@@ -238,13 +238,13 @@ class ParticleFilter(EnsembleFilter):
     # ------------------------------------------------------------------ analysis
 
     def analyse(self, E: np.ndarray, obs: Observation, rng: np.random.Generator | None,
-                geometry: Geometry | None = None) -> AnalysisResult:
-        """Assimilate ``obs``; see :meth:`EnsembleFilter.analyse`.
+                geometry: Geometry | None = None, background: Any = None) -> AnalysisResult:
+        """Assimilate ``obs``; see :meth:`EnsembleFilter.analyse` (``background`` is unused).
 
         The result's ``weights`` are the normalized weights of the returned ensemble
         (``None`` after resampling: equal weights).
         """
-        res = super().analyse(E, obs, rng, geometry)
+        res = super().analyse(E, obs, rng, geometry, background)
         res.weights = self.weights
         return res
 

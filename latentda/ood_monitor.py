@@ -1,0 +1,119 @@
+"""Per-cycle out-of-distribution monitoring of a run (the ``ood_*`` output variables).
+
+:class:`OODMonitor` is what the cycling engine calls after every analysis: the
+OOD residual of the valid observations against the prior (:func:`latentda.ood.ood_residual`,
+warm-started at the code of the analysis mean), its chi-square score and flag, and
+the manifold distance of the analysis mean (:func:`latentda.ood.manifold_distance`).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+from scipy.stats import chi2
+
+from latentda._validate import check_float, check_int
+from latentda.observations import Arctan, Identity, Linear, ObservationOperator, Square, Subset
+from latentda.ood import check_differentiable, manifold_distance, ood_residual
+
+__all__ = ["OODMonitor"]
+
+
+def _restrict(op: ObservationOperator, valid: np.ndarray) -> ObservationOperator:
+    """The operator of the valid observations only."""
+    if valid.all():
+        return op
+    if isinstance(op, Identity | Subset):
+        return Subset(op.state_dim, op.indices[valid])
+    if isinstance(op, Linear):
+        return Linear(op.matrix()[valid])
+    if isinstance(op, Arctan | Square):
+        return type(op)(op.state_dim, op.indices[valid])
+    check_differentiable(op)  # raises for anything else
+    raise ValueError(f"observation operator {type(op).__name__} cannot be restricted to the "
+                     f"valid observations")
+
+
+class OODMonitor:
+    """The OOD diagnostics of each analysis of a run.
+
+    Parameters
+    ----------
+    prior : latentda.priors.Prior
+        The generative prior whose range defines "in distribution".
+    operator : ObservationOperator
+        The run's observation operator; it must be differentiable in torch
+        (:func:`latentda.ood.check_differentiable`), checked here, before any cycling.
+    level : float
+        Flag observations whose chi-square score is below this, in (0, 1).
+    latent_prior : bool
+        Include the latent prior term ``|z|^2`` (chi-square dof ``m``; without it
+        ``m - k`` and ``m > k`` is needed). Measured on L96 (VAE k=32, full
+        observations, R=I, 150 states each): in distribution the mean of ``m r`` was
+        39.96 for dof 40 with the term and 9.2 for dof 8 without; the ROC AUC against
+        F=10 states was 0.95 with it and 0.66 without.
+    steps : int
+        Iteration budget of the minimisation.
+    tol : float
+        Relative decrease of the objective below which the minimisation stops. The
+        default 1e-4 changes ``ood_residual`` by about 0.3 % against a tight
+        tolerance (L96 VAE), at half the cost.
+    window : int
+        ``ood_score`` and ``ood_flag`` test the sum of ``m r`` over the last
+        ``window`` analyses against the chi-square law with the summed dof (the
+        residuals of different times are independent in distribution).
+    """
+
+    def __init__(self, prior: Any, operator: ObservationOperator, *, level: float = 0.01,
+                 latent_prior: bool = True, steps: int = 20, window: int = 1,
+                 tol: float = 1e-4) -> None:
+        check_differentiable(operator)
+        if operator.state_dim != prior.state_dim:
+            raise ValueError(f"observation operator reads {operator.state_dim} variables but the "
+                             f"prior generates {prior.state_dim}")
+        self.prior = prior
+        self.operator = operator
+        self.level = check_float("level", level, positive=True, max_value=1.0)
+        self.latent_prior = latent_prior
+        self.steps = check_int("steps", steps, min_value=1)
+        self.window = check_int("window", window, min_value=1)
+        self.tol = check_float("tol", tol, positive=True)
+        self._recent: list[tuple[float, int]] = []
+
+    def __repr__(self) -> str:
+        return (f"OODMonitor(level={self.level:g}, latent_prior={self.latent_prior}, "
+                f"steps={self.steps}, window={self.window})")
+
+    def missing(self) -> dict[str, float]:
+        """The values of a cycle with no valid observation (NaN; not flagged)."""
+        return {"ood_residual": np.nan, "ood_score": np.nan, "manifold_distance": np.nan,
+                "ood_flag": 0}
+
+    def __call__(self, y: np.ndarray, R: np.ndarray, valid: np.ndarray,
+                 analysis_mean: np.ndarray) -> dict[str, float]:
+        """Diagnostics of one analysis.
+
+        Parameters
+        ----------
+        y : ndarray, shape (m_valid,)
+            Valid observations.
+        R : ndarray, shape (m_valid, m_valid)
+            Their error covariance.
+        valid : ndarray of bool, shape (m,)
+            Which of the operator's observations are valid.
+        analysis_mean : ndarray, shape (n,)
+            The analysis mean (warm start, and the manifold distance).
+        """
+        op = _restrict(self.operator, np.asarray(valid, dtype=bool))
+        xa = np.asarray(analysis_mean, dtype=np.float64)[None, :]
+        z0 = np.asarray(self.prior.encode(xa), dtype=np.float64)
+        res = ood_residual(self.prior, op, y, R, z0=z0, latent_prior=self.latent_prior,
+                           level=self.level, steps=self.steps, tol=self.tol)
+        r = float(res.residual[0])
+        self._recent = [*self._recent, (r * y.size, int(res.dof))][-self.window:]
+        stat = sum(s for s, _ in self._recent)
+        dof = sum(d for _, d in self._recent)
+        score = float(chi2.sf(stat, dof))
+        return {"ood_residual": r, "ood_score": score, "ood_flag": int(score < self.level),
+                "manifold_distance": float(manifold_distance(self.prior, xa)[0])}

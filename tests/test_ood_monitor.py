@@ -1,0 +1,70 @@
+"""OODMonitor: the per-cycle OOD values, masked observations and trailing windows."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from scipy.stats import chi2
+
+from latentda.observations import Identity, Linear, ObservationOperator, Subset
+from latentda.ood import ood_residual
+from latentda.ood_monitor import OODMonitor
+from latentda.priors import LinearGaussianPrior
+
+
+def _prior(n=6, k=2, seed=0):
+    rng = np.random.default_rng(seed)
+    p = LinearGaussianPrior(n, k, 0.0, "float64")
+    with torch.no_grad():
+        p.W.copy_(torch.as_tensor(rng.normal(size=(n, k))))
+        p.b.copy_(torch.as_tensor(rng.normal(size=n)))
+    return p
+
+
+def test_monitor_equals_ood_residual_on_the_valid_observations():
+    prior = _prior()
+    rng = np.random.default_rng(1)
+    y = rng.normal(size=6)
+    valid = np.array([True, False, True, True, False, True])
+    mon = OODMonitor(prior, Identity(6), level=0.05)
+    out = mon(y[valid], np.eye(4), valid, np.zeros(6))
+    ref = ood_residual(prior, Subset(6, np.flatnonzero(valid)), y[valid], np.ones(4),
+                       latent_prior=True)
+    assert out["ood_residual"] == pytest.approx(float(ref.residual[0]), rel=1e-9)
+    assert out["ood_score"] == pytest.approx(float(chi2.sf(4 * ref.residual[0], 4)), rel=1e-9)
+    assert out["ood_flag"] == int(out["ood_score"] < 0.05)
+    # a linear operator is restricted by rows
+    H = rng.normal(size=(6, 6))
+    lin = OODMonitor(prior, Linear(H))(y[valid], np.eye(4), valid, np.zeros(6))
+    ref = ood_residual(prior, Linear(H[valid]), y[valid], np.ones(4), latent_prior=True)
+    assert lin["ood_residual"] == pytest.approx(float(ref.residual[0]), rel=1e-9)
+
+
+def test_window_tests_the_sum_of_the_last_analyses():
+    prior = _prior()
+    rng = np.random.default_rng(2)
+    mon = OODMonitor(prior, Identity(6), window=2)
+    valid = np.ones(6, bool)
+    stats = []
+    for _ in range(3):
+        out = mon(rng.normal(size=6) * 2, np.eye(6), valid, np.zeros(6))
+        stats.append(6 * out["ood_residual"])
+    assert out["ood_score"] == pytest.approx(float(chi2.sf(stats[1] + stats[2], 12)),
+                                             rel=1e-9)
+    assert mon.missing()["ood_flag"] == 0 and np.isnan(mon.missing()["ood_residual"])
+
+
+def test_monitor_refuses_what_it_cannot_differentiate():
+    class Custom(ObservationOperator):
+        state_dim, obs_dim = 6, 6
+
+        def _apply(self, E):
+            return E
+
+    with pytest.raises(ValueError, match="observation operator"):
+        OODMonitor(_prior(), Custom())
+    with pytest.raises(ValueError, match="observation operator reads 5"):
+        OODMonitor(_prior(), Identity(5))
+    with pytest.raises(ValueError, match="window"):
+        OODMonitor(_prior(), Identity(6), window=0)
