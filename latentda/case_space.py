@@ -66,7 +66,7 @@ def checkpoint_hash(path: str | Path) -> str:
 
 def _state_filter(sc: cfg.StateFilterConfig) -> EnsembleFilter:
     if sc.method == "letkf":
-        return LETKF(radius=sc.radius, inflation=sc.inflation)
+        return LETKF(radius=sc.radius, inflation=sc.inflation, weight_stride=sc.weight_stride)
     if sc.method == "enkf":
         return EnKF(inflation=sc.inflation)
     return ETKF(inflation=sc.inflation)

@@ -240,9 +240,13 @@ class StateFilterConfig(_Strict):
     method: Literal["letkf", "etkf", "enkf"] = Field("letkf", description="state-space filter")
     radius: float | None = Field(None, gt=0, description="letkf: Gaspari-Cohn half-width")
     inflation: float = Field(1.0, ge=1.0, description="multiplicative inflation (>= 1)")
+    weight_stride: int | None = Field(None, ge=1, description="letkf: local weights on every "
+                                      "weight_stride-th location per axis, interpolated")
 
     @model_validator(mode="after")
     def _radius(self) -> StateFilterConfig:
+        if self.method != "letkf" and self.weight_stride is not None:
+            raise ValueError("weight_stride only applies to letkf; remove it")
         if self.method == "letkf" and self.radius is None:
             raise ValueError("radius is required for state_filter.method letkf")
         if self.method != "letkf" and self.radius is not None:
@@ -311,7 +315,7 @@ class TruthShiftConfig(_Strict):
                                          "forecast model keeps the case's")
     vortex: dict[str, float] | None = Field(None, description="shallow water: add a balanced "
                                             "vortex to the truth at the change: {amplitude "
-                                            "(m), width (m)}, centred in the domain")
+                                            "(m), width (m)}, at a seeded random position")
 
 
 class OutputConfig(_Strict):
