@@ -223,7 +223,8 @@ class CasePriorConfig(_Strict):
     """The generative prior of a latent-space run (or of its OOD diagnostics)."""
 
     path: str = Field(..., description="prior checkpoint (.pt), e.g. models/l96_vae_k32.pt; "
-                                       "relative paths are read from the working directory")
+                                       "a relative path is read from the working directory, "
+                                       "else next to the case file or one level up")
     device: str = Field("auto", description="torch device: auto (cuda when available), cpu, "
                                             "cuda[:i]")
     latent_dim: int | None = Field(None, ge=1, description="expected latent size k (checked "
@@ -566,7 +567,22 @@ def load_case(path: str | os.PathLike, **overrides: Any) -> Case:
                 and isinstance(shift.get("cycle"), int) and isinstance(given["cycles"], int)
                 and shift["cycle"] >= given["cycles"] > 1):
             data["truth_shift"] = {**shift, "cycle": given["cycles"] // 2}  # still half way
+    prior = data.get("prior")
+    if isinstance(prior, dict) and isinstance(prior.get("path"), str):
+        data["prior"] = {**prior, "path": _find_relative(prior["path"], Path(p))}
     return parse_case(data, str(p))
+
+
+def _find_relative(path: str, case_file: Path) -> str:
+    """A relative path as given if it exists from the working directory, else found
+    next to the case file or one level up (``cases/x.yaml`` naming ``models/y.pt``)."""
+    q = Path(path)
+    if q.is_absolute() or q.exists():
+        return path
+    for base in (case_file.parent, case_file.parent.parent):
+        if (base / q).exists():
+            return str((base / q).resolve())
+    return path
 
 
 def with_parallel(case: Case, **overrides: Any) -> Case:

@@ -138,3 +138,10 @@ def test_torch_threads_are_set_for_the_run_and_restored():
     assert build_space(parse_case(_case(space={"kind": "state"}, prior=None,
                                         filter={"method": "etkf"})), p.model,
                        p.operator).threads is None
+
+
+def test_case_files_find_their_prior_from_any_directory(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    case = load_case(ROOT / "cases" / "l96_latent_etkf.yaml")
+    assert Path(case.prior.path).is_file()
+    assert Path(case.prior.path).samefile(ROOT / "models" / "l96_vae_k32.pt")
