@@ -305,6 +305,9 @@ class OODConfig(_Strict):
                         "summed dof): more power, at most window - 1 cycles of delay")
     steps: int = Field(20, ge=1, description="iteration budget of the minimisation "
                                              "(Levenberg-Marquardt steps)")
+    include_prior_error: bool = Field(False, description="add the prior's residual "
+                                      "covariance seen through H to R (for priors that do not "
+                                      "represent the states to within the observation error)")
 
 
 class TruthShiftConfig(_Strict):

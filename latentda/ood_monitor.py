@@ -59,6 +59,11 @@ class OODMonitor:
         Relative decrease of the objective below which the minimisation stops. The
         default 1e-4 changes ``ood_residual`` by about 0.3 % against a tight
         tolerance (L96 VAE), at half the cost.
+    include_prior_error : bool
+        Add the prior's off-manifold residual covariance seen through the operator,
+        ``H Sigma_eta H^T`` (``H`` linearized at the analysis mean for a nonlinear
+        operator), to ``R``: for a prior that cannot represent the states to within
+        the observation error, this keeps in-distribution residuals near their law.
     window : int
         ``ood_score`` and ``ood_flag`` test the sum of ``m r`` over the last
         ``window`` analyses against the chi-square law with the summed dof (the
@@ -67,7 +72,7 @@ class OODMonitor:
 
     def __init__(self, prior: Any, operator: ObservationOperator, *, level: float = 0.01,
                  latent_prior: bool = True, steps: int = 20, window: int = 1,
-                 tol: float = 1e-4) -> None:
+                 tol: float = 1e-4, include_prior_error: bool = False) -> None:
         check_differentiable(operator)
         if operator.state_dim != prior.state_dim:
             raise ValueError(f"observation operator reads {operator.state_dim} variables but the "
@@ -79,11 +84,21 @@ class OODMonitor:
         self.steps = check_int("steps", steps, min_value=1)
         self.window = check_int("window", window, min_value=1)
         self.tol = check_float("tol", tol, positive=True)
+        self.include_prior_error = bool(include_prior_error)
         self._recent: list[tuple[float, int]] = []
 
     def __repr__(self) -> str:
         return (f"OODMonitor(level={self.level:g}, latent_prior={self.latent_prior}, "
-                f"steps={self.steps}, window={self.window})")
+                f"steps={self.steps}, window={self.window}, "
+                f"include_prior_error={self.include_prior_error})")
+
+    def prior_error(self, op: ObservationOperator, x: np.ndarray) -> np.ndarray:
+        """``H Sigma_eta H^T``: the prior's residual covariance in observation space."""
+        cov = np.asarray(self.prior.residual_cov, dtype=np.float64)
+        H = op.matrix() if op.linear else op.jacobian(x)
+        if cov.ndim == 1:
+            return (H * cov) @ H.T
+        return H @ cov @ H.T
 
     def missing(self) -> dict[str, float]:
         """The values of a cycle with no valid observation (NaN; not flagged)."""
@@ -108,6 +123,8 @@ class OODMonitor:
         op = _restrict(self.operator, np.asarray(valid, dtype=bool))
         xa = np.asarray(analysis_mean, dtype=np.float64)[None, :]
         z0 = np.asarray(self.prior.encode(xa), dtype=np.float64)
+        if self.include_prior_error:
+            R = np.asarray(R, dtype=np.float64) + self.prior_error(op, xa[0])
         res = ood_residual(self.prior, op, y, R, z0=z0, latent_prior=self.latent_prior,
                            level=self.level, steps=self.steps, tol=self.tol)
         r = float(res.residual[0])

@@ -68,3 +68,23 @@ def test_monitor_refuses_what_it_cannot_differentiate():
         OODMonitor(_prior(), Identity(5))
     with pytest.raises(ValueError, match="window"):
         OODMonitor(_prior(), Identity(6), window=0)
+
+
+def test_prior_error_adds_the_residual_covariance_seen_through_h():
+    rng = np.random.default_rng(3)
+    prior = LinearGaussianPrior(6, 2, 0.4, "float64")  # residual covariance 0.4 I
+    with torch.no_grad():
+        prior.W.copy_(torch.as_tensor(rng.normal(size=(6, 2))))
+    cov = prior.residual_cov
+    assert np.abs(cov).max() > 0.1
+    valid = np.array([True, True, False, True, True, True])
+    y = rng.normal(size=6)[valid]
+    R = np.diag(rng.uniform(0.5, 1.5, 5))
+    mon = OODMonitor(prior, Identity(6), include_prior_error=True)
+    out = mon(y, R, valid, np.zeros(6))
+    idx = np.flatnonzero(valid)
+    Reff = R + cov[np.ix_(idx, idx)]
+    ref = ood_residual(prior, Subset(6, idx), y, Reff, latent_prior=True)
+    assert out["ood_residual"] == pytest.approx(float(ref.residual[0]), rel=1e-9)
+    plain = OODMonitor(prior, Identity(6))(y, R, valid, np.zeros(6))
+    assert out["ood_residual"] < plain["ood_residual"]  # more error: smaller misfit
