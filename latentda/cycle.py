@@ -266,11 +266,9 @@ class Cycle:
             HX = op(X)
             return HX if sel is None else HX[:, sel]
 
-        h = h_valid
-
         loc = None if self._obs_loc is None else self._obs_loc[valid]
         R = np.diag(var[valid]) if var.ndim == 1 else var[np.ix_(valid, valid)]
-        return Observation(y=y[valid], R=R, h=h, locations=loc)
+        return Observation(y=y[valid], R=R, h=h_valid, locations=loc)
 
     def analyse(self, y: np.ndarray, variances: np.ndarray,
                 truth: np.ndarray | None = None) -> CycleRecord:

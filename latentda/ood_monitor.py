@@ -11,9 +11,9 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
-from scipy.stats import chi2
 
 from latentda._validate import check_float, check_int
+from latentda.diagnostics import windowed_chi2_scores
 from latentda.observations import Arctan, Identity, Linear, ObservationOperator, Square, Subset
 from latentda.ood import check_differentiable, manifold_distance, ood_residual
 
@@ -129,8 +129,7 @@ class OODMonitor:
                            level=self.level, steps=self.steps, tol=self.tol)
         r = float(res.residual[0])
         self._recent = [*self._recent, (r * y.size, int(res.dof))][-self.window:]
-        stat = sum(s for s, _ in self._recent)
-        dof = sum(d for _, d in self._recent)
-        score = float(chi2.sf(stat, dof))
+        stat, dof = np.array(self._recent).T
+        score = float(windowed_chi2_scores(stat, dof, self.window)[-1])
         return {"ood_residual": r, "ood_score": score, "ood_flag": int(score < self.level),
                 "manifold_distance": float(manifold_distance(self.prior, xa)[0])}

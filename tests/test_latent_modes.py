@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from latentda.filters import ETKF, Background, HybridETKF, Observation
+from latentda.filters import ETKF, Background, EnKF, HybridETKF, Observation, ParticleFilter
 from latentda.priors import LinearGaussianPrior
 from latentda.spaces import LatentSpace, StateSpace
 
@@ -118,3 +118,23 @@ def test_noisy_manifold_needs_a_full_residual_covariance():
 
     with pytest.raises(ValueError, match="full residual covariance"):
         LatentSpace(DiagPrior(), "noisy_manifold", static_var=0.1)
+
+
+@pytest.mark.parametrize("make", [lambda: EnKF(inflation=1.02),
+                                  lambda: ParticleFilter(ess_threshold=1.0)],
+                         ids=["stochastic EnKF", "particle filter"])
+def test_noisy_manifold_of_a_linear_prior_is_an_exact_reparametrization(make):
+    """x = W z + b + eta is affine in [z, eta]: any filter whose analysis is a
+    combination of members (EnKF with the same perturbed observations, the particle
+    filter with the same resampling) gives the state-space analysis."""
+    rng = np.random.default_rng(6)
+    n, k, N = 8, 3, 12
+    prior = _prior(n, k, seed=7)
+    E = rng.normal(size=(N, n)) * 2
+    H = rng.normal(size=(5, n))
+    obs = _obs(rng, H, np.eye(5))
+    lat = LatentSpace(prior, "noisy_manifold").assimilate(make(), E, obs,
+                                                          np.random.default_rng(1))
+    ref = StateSpace(n).assimilate(make(), E, obs, np.random.default_rng(1))
+    np.testing.assert_allclose(lat.E, ref.E, rtol=1e-9, atol=1e-9)
+

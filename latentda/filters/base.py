@@ -357,13 +357,12 @@ class EnsembleFilter(ABC):
         self._check_call(E, obs, geometry)
         HE = self._observe(obs, E)
         token = _JITTER.set([0.0])
-        self._background = background if self.needs_background else None
+        extra = {"background": background} if self.needs_background else {}
         try:
-            E_a, info = self._analyse(E, HE, obs, rng, geometry)
+            E_a, info = self._analyse(E, HE, obs, rng, geometry, **extra)
             jitter = _JITTER.get()[0]
         finally:
             _JITTER.reset(token)
-            self._background = None
         info = {**info, "jitter": jitter}
         return AnalysisResult(E=E_a, HE=HE, info=info)
 
@@ -401,7 +400,11 @@ class EnsembleFilter(ABC):
     def _analyse(self, E: np.ndarray, HE: np.ndarray, obs: Observation,
                  rng: np.random.Generator | None, geometry: Geometry | None,
                  ) -> tuple[np.ndarray, dict[str, float]]:
-        """Return the analysis ensemble and the info dict for validated inputs."""
+        """Return the analysis ensemble and the info dict for validated inputs.
+
+        Filters with ``needs_background`` also receive ``background=`` (a
+        :class:`Background`, already checked against ``E``).
+        """
 
 
 # ----------------------------------------------------------------------------------------

@@ -21,6 +21,7 @@ import numpy as np
 
 from latentda._validate import check_float
 from latentda.filters.base import (
+    Background,
     EnsembleFilter,
     Geometry,
     Observation,
@@ -67,8 +68,9 @@ class HybridETKF(EnsembleFilter):
 
     def _analyse(self, E: np.ndarray, HE: np.ndarray, obs: Observation,
                  rng: np.random.Generator | None, geometry: Geometry | None,
+                 background: Background | None = None,
                  ) -> tuple[np.ndarray, dict[str, float]]:
-        S = self._background.sqrt  # (d, r)
+        S = background.sqrt  # (d, r)
         N = E.shape[0]
         xbar = E.mean(axis=0)
         Yw, dyw = whitened_innovations(HE, obs)
