@@ -42,6 +42,7 @@ class SpaceSetup:
     monitor: Any = None
     prior_hash: str = ""
     threads: int | None = None
+    identifiability: Any = None
 
     @contextlib.contextmanager
     def torch_threads(self) -> Iterator[None]:
@@ -110,7 +111,9 @@ def build_space(case: cfg.Case, model: Dynamics, operator: ObservationOperator) 
             raise cfg.CaseError(f"prior.path: {err}") from None
         digest = checkpoint_hash(pc.path)
     sp = case.space
-    static = case.filter.static_var if case.filter.method == "hybrid_etkf" else None
+    fc = case.filter
+    static = fc.static_var if (fc.method == "hybrid_etkf" or (
+        fc.method in ("laplace", "variable_laplace", "mcmc") and fc.blend > 0)) else None
     if sp.kind == "state":
         bg = _state_background(case, model) if static is not None else None
         space: StateSpace | LatentSpace = StateSpace.for_model(model, bg)
@@ -137,5 +140,14 @@ def build_space(case: cfg.Case, model: Dynamics, operator: ObservationOperator) 
         except ValueError as err:
             raise cfg.CaseError(f"observations.operator: {err} (OOD diagnostics need it; set "
                                 f"ood.enabled: false to run without them)") from None
+    ident = None
+    if case.identifiability.enabled:
+        from latentda.identifiability_monitor import IdentifiabilityMonitor
+
+        try:
+            ident = IdentifiabilityMonitor(prior, operator, rtol=case.identifiability.rtol)
+        except ValueError as err:
+            raise cfg.CaseError(f"observations.operator: {err} (identifiability diagnostics "
+                                f"need it)") from None
     threads = None if case.prior is None else case.prior.threads
-    return SpaceSetup(space, prior, monitor, digest, threads)
+    return SpaceSetup(space, prior, monitor, digest, threads, ident)

@@ -154,13 +154,17 @@ class EnsembleConfig(_Strict):
 
 
 _PF_METHODS = ("pf", "pf_smoother")
+#: gradient-based analyses (Laplace, MCMC): they blend a static background like hybrid_etkf
+_GRAD_METHODS = ("laplace", "variable_laplace", "mcmc")
 #: fields that only some methods take: field -> methods
 _METHOD_FIELDS: dict[str, tuple[str, ...]] = {
     "radius": ("letkf",), "weight_stride": ("letkf",), "prior_var": ("etkf_adaptive",),
     "scheme": _PF_METHODS, "ess_threshold": _PF_METHODS, "bandwidth": _PF_METHODS,
     "shrinkage": _PF_METHODS, "temper": _PF_METHODS, "temper_ess": _PF_METHODS,
     "lag": ("enks", "pf_smoother"), "analysis": ("enks",),
-    "beta": ("hybrid_etkf",), "static_var": ("hybrid_etkf",),
+    "beta": ("hybrid_etkf", *_GRAD_METHODS), "static_var": ("hybrid_etkf", *_GRAD_METHODS),
+    "iterations": ("laplace", "mcmc"), "hessian": _GRAD_METHODS,
+    "sampler": ("mcmc",), "mcmc_steps": ("mcmc",), "n_leapfrog": ("mcmc",),
 }
 
 
@@ -168,10 +172,13 @@ class FilterConfig(_Strict):
     """The analysis method and its hyperparameters."""
 
     method: Literal["etkf", "enkf", "letkf", "enkf_n", "etkf_adaptive", "hybrid_etkf", "pf",
-                    "pf_smoother", "enks"] = Field(
+                    "pf_smoother", "enks", "laplace", "variable_laplace", "mcmc"] = Field(
         "etkf", description="analysis method: ensemble Kalman filters, the hybrid ETKF "
         "(ensemble covariance blended with a static background), the particle filter (pf), "
-        "the fixed-lag particle smoother (pf_smoother) or the fixed-lag EnKS (enks)")
+        "the fixed-lag particle smoother (pf_smoother), the fixed-lag EnKS (enks), the "
+        "iterated Gauss-Newton MAP with a Laplace-approximation ensemble (laplace), the same "
+        "linearized once at the forecast mean (variable_laplace), or MALA/HMC chains started "
+        "from the Laplace draws (mcmc)")
     inflation: float = Field(1.0, ge=1.0, description="multiplicative inflation (>= 1)")
     radius: float | None = Field(None, gt=0, description="letkf: Gaspari-Cohn half-width")
     prior_var: float = Field(0.04**2, gt=0, description="etkf_adaptive: variance of the "
@@ -190,15 +197,34 @@ class FilterConfig(_Strict):
     temper: bool = Field(False, description="pf: adaptive likelihood tempering")
     temper_ess: float = Field(0.5, gt=0, lt=1, description="pf: target ESS fraction of each "
                                                            "tempering stage")
-    beta: float = Field(0.5, ge=0, le=1, description="hybrid_etkf: weight of the static "
-                                                     "background covariance in [0, 1]")
-    static_var: float | None = Field(None, gt=0, description="hybrid_etkf: scale s of the "
-                                     "static background: s I on latent codes, s times the "
+    beta: float | None = Field(None, ge=0, le=1, description="hybrid_etkf, laplace, "
+                               "variable_laplace, mcmc: weight of the static background "
+                               "covariance in [0, 1] (default 0.5 for hybrid_etkf, 0 for the "
+                               "others; < 1 for laplace and mcmc; 0 needs no static_var)")
+    static_var: float | None = Field(None, gt=0, description="hybrid_etkf, laplace, "
+                                     "variable_laplace, mcmc: scale s of the static "
+                                     "background: s I on latent codes, s times the "
                                      "climatological covariance in state space")
+    iterations: int = Field(10, ge=1, description="laplace, mcmc: Gauss-Newton iterations of "
+                            "the MAP")
+    hessian: Literal["gauss_newton", "exact"] = Field(
+        "gauss_newton", description="laplace, variable_laplace, mcmc: Hessian of the Laplace "
+        "approximation (exact: autograd, damped when indefinite)")
+    sampler: Literal["mala", "hmc"] = Field("mala", description="mcmc: the sampler")
+    mcmc_steps: int = Field(40, ge=2, description="mcmc: iterations per chain (half of them "
+                            "adapt the step size)")
+    n_leapfrog: int = Field(5, ge=1, description="mcmc: leapfrog steps of HMC")
     lag: int = Field(5, ge=0, description="enks, pf_smoother: analyses that update each "
                                           "smoothed ensemble")
     analysis: Literal["etkf", "enkf"] = Field("etkf", description="enks: the analysis whose "
                                               "transform the smoother applies")
+
+    @property
+    def blend(self) -> float:
+        """The effective ``beta``: as set, else 0.5 for hybrid_etkf and 0 otherwise."""
+        if self.beta is not None:
+            return float(self.beta)
+        return 0.5 if self.method == "hybrid_etkf" else 0.0
 
     @model_validator(mode="after")
     def _fields_of_the_method(self) -> FilterConfig:
@@ -208,6 +234,14 @@ class FilterConfig(_Strict):
         if self.method == "hybrid_etkf" and self.static_var is None:
             raise ValueError("static_var is required for method hybrid_etkf (scale of the "
                              "static background covariance, > 0; e.g. 0.005 for latent codes)")
+        if self.method in _GRAD_METHODS:
+            if self.blend >= 1.0:
+                raise ValueError(f"beta must be < 1 for method {self.method} (the ensemble "
+                                 f"covariance keeps a share)")
+            if self.blend > 0 and self.static_var is None:
+                raise ValueError(f"static_var is required for method {self.method} with beta "
+                                 f"> 0 (scale of the static background covariance), or set "
+                                 f"beta: 0 to use the ensemble covariance alone")
         for name in sorted(self.model_fields_set):
             methods = _METHOD_FIELDS.get(name)
             if methods is not None and self.method not in methods:
@@ -310,6 +344,16 @@ class OODConfig(_Strict):
                                       "represent the states to within the observation error)")
 
 
+class IdentifiabilityConfig(_Strict):
+    """Local identifiability of the latent code from the observations, every analysis."""
+
+    enabled: bool = Field(False, description="write identifiability_sv (singular values of "
+                          "R^-1/2 H dG/dz at the analysis code) and crlb (Cramer-Rao bounds) "
+                          "on the latent dimension; needs a prior")
+    rtol: float = Field(1e-6, gt=0, lt=1, description="singular values below rtol times the "
+                        "largest count as zero (crlb inf)")
+
+
 class TruthShiftConfig(_Strict):
     """A change of the truth during a twin experiment (out-of-distribution studies)."""
 
@@ -397,6 +441,9 @@ class Case(_Strict):
                                           "spaces, OOD diagnostics)")
     space: SpaceConfig = Field(SpaceConfig(), description="state or latent analysis")
     ood: OODConfig = Field(OODConfig(), description="out-of-distribution diagnostics")
+    identifiability: IdentifiabilityConfig = Field(
+        IdentifiabilityConfig(), description="identifiability and Cramer-Rao diagnostics of "
+        "the latent code")
     truth_shift: TruthShiftConfig | None = Field(None, description="a change of the truth "
                                                  "half way (OOD studies)")
     expected: dict[str, float] = Field(default_factory=dict,
@@ -446,6 +493,9 @@ class Case(_Strict):
                              "models/NAME.pt}`")
         if self.ood.enabled and self.prior is None:
             raise ValueError("ood.enabled needs a prior: add `prior: {path: models/NAME.pt}`")
+        if self.identifiability.enabled and self.prior is None:
+            raise ValueError("identifiability.enabled needs a prior: add `prior: {path: "
+                             "models/NAME.pt}`")
         if sp.kind == "latent" and self.filter.method == "letkf":
             raise ValueError("filter.method letkf cannot run on latent codes (they have no "
                              "locations); use space.mode hybrid with state_filter letkf")
@@ -631,6 +681,7 @@ _REFERENCE_SECTIONS: list[tuple[str, type[BaseModel]]] = [
     ("space", SpaceConfig),
     ("space.state_filter", StateFilterConfig),
     ("ood", OODConfig),
+    ("identifiability", IdentifiabilityConfig),
     ("truth_shift", TruthShiftConfig),
     ("output", OutputConfig),
     ("divergence", DivergenceConfig),

@@ -72,11 +72,19 @@ SCALARS: dict[str, tuple[str, str]] = {
     "spread_smoothed": ("smoothed ensemble spread (smoothers; NaN otherwise)", "model units"),
     "jitter": ("largest eigenvalue floor added in the analysis to keep matrices positive "
                "definite (0: none needed)", "1"),
+    "map_iterations": ("Gauss-Newton iterations of the MAP (Laplace and MCMC analyses; NaN "
+                       "otherwise)", "1"),
+    "hessian_damping": ("eigenvalue raise applied to a singular or indefinite Hessian in the "
+                        "Laplace approximation (0: none needed; NaN for other analyses)", "1"),
+    "accept_rate": ("mean Metropolis acceptance rate of the MCMC analysis chains (NaN for "
+                    "other analyses)", "1"),
+    "mcmc_ess": ("smallest effective sample size over the analysed variables of the MCMC "
+                 "analysis chains' kept draws (NaN for other analyses)", "1"),
 }
 
 
 #: out-of-distribution diagnostics written every cycle when the run has a monitor
-#: (see :class:`latentda.ood.OODMonitor`): name -> (long_name, units)
+#: (see :class:`latentda.ood_monitor.OODMonitor`): name -> (long_name, units)
 OOD_SCALARS: dict[str, tuple[str, str]] = {
     "ood_residual": ("min over z of |R^-1/2 (y - H G(z))|^2 / m: misfit of the observations "
                      "to the closest state the prior can generate (about dof/m in "
@@ -147,10 +155,15 @@ class Cycle:
         A :class:`~latentda.parallel.Forecaster` that runs the forecasts over batches
         of members on a Dask scheduler (default: ``model.step`` in this thread).
     monitor : optional
-        An out-of-distribution monitor (:class:`latentda.ood.OODMonitor`): called
+        An out-of-distribution monitor (:class:`latentda.ood_monitor.OODMonitor`): called
         with the valid observations, their error covariance, the valid-mask and the
         analysis mean every analysis; its values (:data:`OOD_SCALARS` and
         ``ood_flag``) are written.
+    identifiability : optional
+        An :class:`~latentda.identifiability_monitor.IdentifiabilityMonitor`: the
+        singular values of the whitened observed Jacobian and the Cramér–Rao bounds
+        at the analysis code are written every analysis (``identifiability_sv``,
+        ``crlb``, dim ``latent``).
     """
 
     def __init__(self, model: Dynamics, filter: EnsembleFilter, operator: ObservationOperator,
@@ -158,7 +171,7 @@ class Cycle:
                  writer: Any = None, store_ensemble: bool = False,
                  blas_threads: int | None = -1, max_rmse: float | None = None,
                  max_spread: float | None = None, forecaster: Any = None,
-                 monitor: Any = None) -> None:
+                 monitor: Any = None, identifiability: Any = None) -> None:
         if not isinstance(model, Dynamics):
             raise ValueError(f"model must be a latentda Dynamics (got {type(model).__name__})")
         if not isinstance(filter, EnsembleFilter):
@@ -166,6 +179,10 @@ class Cycle:
         if operator.state_dim != model.state_dim:
             raise ValueError(f"operator.state_dim ({operator.state_dim}) must equal the model's "
                              f"state size ({model.state_dim})")
+        if filter.needs_gradient:
+            from latentda.inference.latent import require_differentiable
+
+            require_differentiable(operator, type(filter).__name__)
         self.model = model
         self.filter = filter
         self.operator = operator
@@ -182,6 +199,7 @@ class Cycle:
         self.writer = writer
         self.forecaster = forecaster
         self.monitor = monitor
+        self.identifiability = identifiability
         self.store_ensemble = bool(store_ensemble)
         self.last: CycleRecord | None = None
         self.max_rmse = None if max_rmse is None else check_float("max_rmse", max_rmse,
@@ -268,7 +286,20 @@ class Cycle:
 
         loc = None if self._obs_loc is None else self._obs_loc[valid]
         R = np.diag(var[valid]) if var.ndim == 1 else var[np.ix_(valid, valid)]
-        return Observation(y=y[valid], R=R, h=h_valid, locations=loc)
+        h_t = None
+        if self.filter.needs_gradient:  # a differentiable h for gradient-based analyses
+            import torch
+
+            from latentda.autodiff import torch_operator
+
+            op_t = torch_operator(op)
+            idx = None if sel is None else torch.as_tensor(np.flatnonzero(sel))
+
+            def h_t(X: torch.Tensor) -> torch.Tensor:
+                HX = op_t(X)
+                return HX if idx is None else HX.index_select(1, idx)
+
+        return Observation(y=y[valid], R=R, h=h_valid, locations=loc, h_torch=h_t)
 
     def analyse(self, y: np.ndarray, variances: np.ndarray,
                 truth: np.ndarray | None = None) -> CycleRecord:
@@ -321,6 +352,8 @@ class Cycle:
             scalars["jitter"] = float(res.info.get("jitter", np.nan))
             scalars["ess"] = float(res.info.get("ess", np.nan))
             scalars["temper_stages"] = float(res.info.get("temper_stages", np.nan))
+            for key in ("map_iterations", "hessian_damping", "accept_rate", "mcmc_ess"):
+                scalars[key] = float(res.info.get(key, np.nan))
             w_a = None if res.weights is None else np.asarray(res.weights, dtype=np.float64)
         else:
             Ea = Ef.copy()
@@ -335,6 +368,14 @@ class Cycle:
             R = np.diag(var[valid]) if var.ndim == 1 else var[np.ix_(valid, valid)]
             ood = self.monitor(y[valid], R, valid, self._weighted_mean(Ea, w_a)) if analysed \
                 else self.monitor.missing()
+        ident: dict[str, Any] = {}
+        if self.identifiability is not None:
+            if analysed:
+                R = np.diag(var[valid]) if var.ndim == 1 else var[np.ix_(valid, valid)]
+                code = None if Za is None else self._weighted_mean(Za, w_a)
+                ident = self.identifiability(R, valid, self._weighted_mean(Ea, w_a), code)
+            else:
+                ident = self.identifiability.missing()
         if truth is not None:
             truth = np.asarray(truth, dtype=np.float64)
         fs = self._summary(Ef, w_f, truth)
@@ -356,7 +397,8 @@ class Cycle:
                           rank_histogram=ranks, forecast=Ef, analysis=Ea, truth=truth,
                           obs_value=y, by_component=by_comp,
                           extra={"forecast_summary": fs, "analysis_summary": an,
-                                 "latent_forecast": Zf, "latent_analysis": Za, "ood": ood})
+                                 "latent_forecast": Zf, "latent_analysis": Za, "ood": ood,
+                                 "identifiability": ident})
         self.last = rec
         self.cycle_index += 1
         if not self.smoother:
@@ -478,6 +520,8 @@ class Cycle:
             ood = rec.extra.get("ood") or self.monitor.missing()
             out.update({k: np.float64(ood[k]) for k in OOD_SCALARS})
             out["ood_flag"] = np.bool_(ood["ood_flag"])
+        if self.identifiability is not None:
+            out.update(rec.extra.get("identifiability") or self.identifiability.missing())
         if self.smoother:
             ss = rec.extra.get("smoothed_summary")
             out["smoothed_mean"] = nan if ss is None else ss.mean
@@ -542,11 +586,13 @@ class Cycle:
 
 
 def output_variables(store_ensemble: bool, smoother: bool = False, latent: bool = False,
-                     ood: bool = False) -> list[tuple[str, tuple[str, ...], str, dict]]:
+                     ood: bool = False, identifiability: bool = False,
+                     ) -> list[tuple[str, tuple[str, ...], str, dict]]:
     """The per-cycle variables of the run dataset: (name, dims, dtype, attrs).
 
     ``latent``: the run analyses in a latent space (codes are written);
-    ``ood``: it has an out-of-distribution monitor.
+    ``ood``: it has an out-of-distribution monitor; ``identifiability``: it has an
+    identifiability monitor (variables on the ``latent`` dimension).
     """
     mu = "model units"
     out: list[tuple[str, tuple[str, ...], str, dict]] = [
@@ -599,6 +645,11 @@ def output_variables(store_ensemble: bool, smoother: bool = False, latent: bool 
         out.append(("ood_flag", (), "bool",
                     {"long_name": "observations flagged out of distribution (ood_score below "
                                   "the level)", "units": "1"}))
+    if identifiability:
+        from latentda.identifiability_monitor import IDENTIFIABILITY_VARIABLES
+
+        out += [(k, ("latent",), "float64", {"long_name": ln, "units": u})
+                for k, (ln, u) in IDENTIFIABILITY_VARIABLES.items()]
     if smoother:
         out += [
             ("smoothed_mean", ("state",), "float64",

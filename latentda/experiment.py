@@ -92,7 +92,17 @@ def build_filter(fc: cfg.FilterConfig) -> EnsembleFilter:
     if fc.method == "etkf_adaptive":
         return AdaptiveETKF(inflation=fc.inflation, prior_var=fc.prior_var)
     if fc.method == "hybrid_etkf":
-        return HybridETKF(inflation=fc.inflation, beta=fc.beta)
+        return HybridETKF(inflation=fc.inflation, beta=fc.blend)
+    if fc.method in ("laplace", "variable_laplace", "mcmc"):
+        from latentda.filters.gradient import LaplaceAnalysis, MCMCAnalysis, VariableLaplace
+
+        kw = {"inflation": fc.inflation, "beta": fc.blend, "hessian": fc.hessian}
+        if fc.method == "variable_laplace":
+            return VariableLaplace(**kw)
+        if fc.method == "laplace":
+            return LaplaceAnalysis(iterations=fc.iterations, **kw)
+        return MCMCAnalysis(iterations=fc.iterations, sampler=fc.sampler,
+                            steps=fc.mcmc_steps, n_leapfrog=fc.n_leapfrog, **kw)
     if fc.method in ("pf", "pf_smoother"):
         from latentda.filters.particle import ParticleFilter
         from latentda.smoothers import FixedLagParticleSmoother
@@ -276,9 +286,12 @@ def make_writer(p: Prepared, overwrite: bool, *, resume: bool = False,
     smoother = hasattr(p.filter, "released") and hasattr(p.filter, "flush")
     setup = p.setup or SpaceSetup(space=None)
     k = getattr(setup.space, "latent_dim", None)
+    ident = setup.identifiability is not None
     variables = [VarSpec(name, dims, dtype, attrs) for name, dims, dtype, attrs
                  in output_variables(case.output.store_ensemble, smoother, latent=k is not None,
-                                     ood=setup.monitor is not None)]
+                                     ood=setup.monitor is not None, identifiability=ident)]
+    if k is None and ident:
+        k = setup.prior.latent_dim
     coords: dict[str, Any] = {
         "state": ("state", np.arange(model.state_dim, dtype=np.int32),
                   {"long_name": "state variable index", "units": "1"}),
@@ -308,6 +321,7 @@ def make_writer(p: Prepared, overwrite: bool, *, resume: bool = False,
         "prior_checkpoint": "" if case.prior is None else case.prior.path,
         "prior_checkpoint_sha256": setup.prior_hash,
         "ood_monitor": "" if setup.monitor is None else repr(setup.monitor),
+        "identifiability_monitor": "" if not ident else repr(setup.identifiability),
         "ensemble_size": int(p.ensemble.shape[0]),
         "burn_in_cycles": case.burn_in,
         "has_truth": int(p.stream.has_truth),
@@ -416,7 +430,8 @@ def run_case(case: cfg.Case, *, store: str | os.PathLike | None = None, overwrit
                 max_rmse=case.divergence.max_rmse, max_spread=case.divergence.max_spread,
                 forecaster=forecaster,
                 space=None if p.setup is None else p.setup.space,
-                monitor=None if p.setup is None else p.setup.monitor)
+                monitor=None if p.setup is None else p.setup.monitor,
+                identifiability=None if p.setup is None else p.setup.identifiability)
     try:
         forecaster.start()  # a cluster that cannot be reached fails before any cycle
         if resume and writer.n_written > 0:

@@ -51,8 +51,6 @@ far the state lies from the manifold. Only a state-space measure such as
 
 from __future__ import annotations
 
-import warnings
-from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -60,83 +58,20 @@ import torch
 from scipy.stats import chi2
 
 from latentda._validate import check_ensemble, check_float, check_int
-from latentda.observations import (
-    Arctan,
-    GaussianNoise,
-    Identity,
-    Linear,
-    ObservationOperator,
-    Square,
-    Subset,
+from latentda.autodiff import (
+    SUPPORTED_OPERATORS,
+    check_differentiable,
+    fd_jacobian,
+    forward_jacobian,
+    torch_operator,
+    whitener,
 )
+from latentda.observations import GaussianNoise, Identity, ObservationOperator, Subset
 from latentda.priors.prior_base import Prior
 
 __all__ = ["SUPPORTED_OPERATORS", "OODResult", "check_differentiable", "manifold_distance",
            "ood_residual", "torch_operator"]
 
-#: observation operators with a torch translation (exact types; subclasses may change ``h``)
-SUPPORTED_OPERATORS: tuple[type[ObservationOperator], ...] = (Identity, Subset, Linear, Arctan,
-                                                              Square)
-
-
-# --------------------------------------------------------------------------- operators
-
-
-def check_differentiable(operator: ObservationOperator) -> None:
-    """Check that :func:`torch_operator` can translate ``operator`` (call before cycling).
-
-    Raises
-    ------
-    ValueError
-        If ``operator`` is not one of :data:`SUPPORTED_OPERATORS` (exact type): the
-        prior cannot be differentiated through it.
-    """
-    if type(operator) not in SUPPORTED_OPERATORS:
-        names = ", ".join(c.__name__ for c in SUPPORTED_OPERATORS)
-        raise ValueError(
-            f"observation operator {type(operator).__name__} cannot be differentiated through "
-            f"in torch; supported observation operators are {names} (express a custom "
-            "linear operator as Linear(op.matrix()))"
-        )
-
-
-def torch_operator(operator: ObservationOperator, device: str | torch.device = "cpu",
-                   dtype: torch.dtype = torch.float64,
-                   ) -> Callable[[torch.Tensor], torch.Tensor]:
-    """A differentiable torch version of an observation operator.
-
-    Parameters
-    ----------
-    operator : ObservationOperator
-        :class:`~latentda.observations.Identity`, ``Subset``, ``Linear``, ``Arctan``
-        or ``Square``.
-    device, dtype
-        Where and in which precision the constants (indices, matrix) live.
-
-    Returns
-    -------
-    callable
-        ``h(X)`` for a tensor batch ``(N, n)``, returning ``(N, m)``; it supports
-        reverse- and forward-mode differentiation and ``torch.func`` transforms.
-
-    Raises
-    ------
-    ValueError
-        For any other operator (see :func:`check_differentiable`).
-    """
-    check_differentiable(operator)
-    device = torch.device(device)
-    if isinstance(operator, Identity):
-        return lambda x: x
-    if isinstance(operator, Linear):
-        H = torch.as_tensor(operator.matrix(), dtype=dtype, device=device)
-        return lambda x: x @ H.T
-    idx = torch.as_tensor(operator.indices, dtype=torch.long, device=device)
-    if isinstance(operator, Subset):
-        return lambda x: x.index_select(-1, idx)
-    if isinstance(operator, Arctan):
-        return lambda x: torch.atan(x.index_select(-1, idx))
-    return lambda x: torch.square(x.index_select(-1, idx))  # Square
 
 
 # --------------------------------------------------------------------------- result
@@ -175,77 +110,6 @@ class OODResult:
 
 
 # --------------------------------------------------------------------------- helpers
-
-
-def _whitener(R: np.ndarray | float | GaussianNoise, m: int) -> np.ndarray:
-    """``R^{-1/2}`` as a vector (diagonal R) or the inverse Cholesky factor (full R)."""
-    if isinstance(R, GaussianNoise):
-        R = np.diag(R.cov) if R.is_diagonal else R.cov
-    R = np.asarray(R)
-    if R.dtype.kind not in "biuf":
-        raise ValueError(f"R must be a real numeric array (got dtype {R.dtype})")
-    R = R.astype(np.float64)
-    if not np.all(np.isfinite(R)):
-        raise ValueError("R must be finite (it contains NaN or inf)")
-    if R.ndim == 0:
-        R = np.full(m, float(R))
-    if R.ndim == 1:
-        if R.shape != (m,):
-            raise ValueError(f"R as observation-error variances must have shape ({m},) "
-                             f"(got {R.shape}); give one variance per observation")
-        if np.any(R <= 0):
-            raise ValueError("R variances must be > 0 (R must be positive definite)")
-        return 1.0 / np.sqrt(R)
-    if R.shape != (m, m):
-        raise ValueError(f"R must be a ({m},) vector of variances or an ({m}, {m}) covariance "
-                         f"matrix (got shape {R.shape})")
-    if not np.allclose(R, R.T, rtol=1e-10, atol=1e-12 * np.abs(R).max()):
-        raise ValueError("R must be symmetric; use (R + R.T) / 2")
-    try:
-        L = np.linalg.cholesky(R)
-    except np.linalg.LinAlgError:
-        raise ValueError("R must be positive definite (its Cholesky factorisation failed); "
-                         "add a small multiple of the identity") from None
-    return np.linalg.solve(L, np.eye(m))  # L^{-1}: lower triangular
-
-
-def _jacobian(F: Callable[[torch.Tensor], torch.Tensor], z: torch.Tensor) -> torch.Tensor:
-    """Per-problem Jacobians ``(B, M, k)`` of a batched map ``F: (B, k) -> (B, M)``.
-
-    Each output row must depend on its own input row only (true of every prior).
-    Forward mode (``k`` directions, vectorised); reverse mode if a layer lacks a
-    forward-mode rule.
-    """
-    k = z.shape[1]
-    V = torch.eye(k, dtype=z.dtype, device=z.device).unsqueeze(1).expand(k, *z.shape)
-    try:
-        with torch.no_grad(), warnings.catch_warnings():
-            # torch loads its forward-mode decompositions through torch.jit.script once
-            warnings.filterwarnings("ignore", message=".*torch.jit.script.*",
-                                    category=DeprecationWarning)
-            Jt = torch.func.vmap(lambda v: torch.func.jvp(F, (z,), (v,))[1])(V)
-        return Jt.permute(1, 2, 0)
-    except (RuntimeError, NotImplementedError):  # pragma: no cover - layer without jvp rule
-        with torch.enable_grad():
-            J = torch.autograd.functional.jacobian(lambda u: F(u).sum(0), z, vectorize=True)
-        return J.permute(1, 0, 2).detach()
-
-
-def _fd_jacobian(F: Callable[[torch.Tensor], torch.Tensor], z: torch.Tensor,
-                 rel_step: float) -> torch.Tensor:
-    """Forward-difference Jacobians ``(B, M, k)`` from one batched call of ``F``.
-
-    The step of problem ``b`` is ``rel_step * max(1, max|z_b|)``: about the square
-    root of the decoder's machine epsilon, the usual forward-difference optimum.
-    """
-    B, k = z.shape
-    step = rel_step * z.abs().amax(1).clamp_min(1.0)  # (B,)
-    eye = torch.eye(k, dtype=z.dtype, device=z.device)
-    pts = z.unsqueeze(1) + step[:, None, None] * eye  # (B, k, k)
-    with torch.no_grad():
-        out = F(torch.cat([z, pts.reshape(B * k, k)]))
-    f0, fk = out[:B], out[B:].reshape(B, k, -1)
-    return ((fk - f0.unsqueeze(1)) / step[:, None, None]).transpose(1, 2)
 
 
 def _state_estimate(prior: Prior, operator: ObservationOperator, Y: np.ndarray) -> np.ndarray:
@@ -351,7 +215,7 @@ def ood_residual(prior: Prior, operator: ObservationOperator, y: np.ndarray,
                 f"k={k}): the prior then fits any y and the residual is identically ~0; use "
                 "latent_prior=True (reference law chi2(m))")
         dof = m - k
-    W = _whitener(R, m)
+    W = whitener(R, m)
     if z0 is None:
         Z0 = np.zeros((B, k))
     else:
@@ -413,8 +277,8 @@ def ood_residual(prior: Prior, operator: ObservationOperator, y: np.ndarray,
             break
         new = act[stale[act]]
         if new.numel():
-            J = (_jacobian(hw, z[new]) if jacobian == "forward"  # d hw / dz, (b, m, k)
-                 else _fd_jacobian(hw, z[new], rel_step))  # the residual's is -J
+            J = (forward_jacobian(hw, z[new]) if jacobian == "forward"  # d hw / dz, (b, m, k)
+                 else fd_jacobian(hw, z[new], rel_step))  # the residual's is -J
             A[new] = J.transpose(1, 2) @ J
             g[new] = -(J.transpose(1, 2) @ f[new].unsqueeze(2)).squeeze(2)  # J_f^T f
             if latent_prior:

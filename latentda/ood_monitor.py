@@ -17,10 +17,10 @@ from latentda.diagnostics import windowed_chi2_scores
 from latentda.observations import Arctan, Identity, Linear, ObservationOperator, Square, Subset
 from latentda.ood import check_differentiable, manifold_distance, ood_residual
 
-__all__ = ["OODMonitor"]
+__all__ = ["OODMonitor", "check_prior_operator", "restrict_operator"]
 
 
-def _restrict(op: ObservationOperator, valid: np.ndarray) -> ObservationOperator:
+def restrict_operator(op: ObservationOperator, valid: np.ndarray) -> ObservationOperator:
     """The operator of the valid observations only."""
     if valid.all():
         return op
@@ -33,6 +33,14 @@ def _restrict(op: ObservationOperator, valid: np.ndarray) -> ObservationOperator
     check_differentiable(op)  # raises for anything else
     raise ValueError(f"observation operator {type(op).__name__} cannot be restricted to the "
                      f"valid observations")
+
+
+def check_prior_operator(prior: Any, operator: ObservationOperator) -> None:
+    """A monitor's operator must be differentiable and read the prior's states."""
+    check_differentiable(operator)
+    if operator.state_dim != prior.state_dim:
+        raise ValueError(f"observation operator reads {operator.state_dim} variables but the "
+                         f"prior generates {prior.state_dim}")
 
 
 class OODMonitor:
@@ -73,10 +81,7 @@ class OODMonitor:
     def __init__(self, prior: Any, operator: ObservationOperator, *, level: float = 0.01,
                  latent_prior: bool = True, steps: int = 20, window: int = 1,
                  tol: float = 1e-4, include_prior_error: bool = False) -> None:
-        check_differentiable(operator)
-        if operator.state_dim != prior.state_dim:
-            raise ValueError(f"observation operator reads {operator.state_dim} variables but the "
-                             f"prior generates {prior.state_dim}")
+        check_prior_operator(prior, operator)
         self.prior = prior
         self.operator = operator
         self.level = check_float("level", level, positive=True, max_value=1.0)
@@ -120,7 +125,7 @@ class OODMonitor:
         analysis_mean : ndarray, shape (n,)
             The analysis mean (warm start, and the manifold distance).
         """
-        op = _restrict(self.operator, np.asarray(valid, dtype=bool))
+        op = restrict_operator(self.operator, np.asarray(valid, dtype=bool))
         xa = np.asarray(analysis_mean, dtype=np.float64)[None, :]
         z0 = np.asarray(self.prior.encode(xa), dtype=np.float64)
         if self.include_prior_error:

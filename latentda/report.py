@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -194,6 +195,33 @@ def fig_ood(ds: xr.Dataset, out: Path) -> Path:
     return _save(fig, out / "ood.png")
 
 
+def fig_identifiability(ds: xr.Dataset, out: Path) -> Path:
+    """Singular values of the whitened observed Jacobian and Cramér–Rao bounds over time."""
+    plt = _plt()
+    t = ds["time"].values
+    sv = ds["identifiability_sv"].values  # (time, latent)
+    crlb = ds["crlb"].values
+    fig, (a1, a2) = plt.subplots(2, 1, figsize=(8, 5.5), sharex=True)
+    im = a1.pcolormesh(t, np.arange(sv.shape[1]), np.log10(np.maximum(sv, 1e-12)).T,
+                       shading="nearest", cmap="viridis")
+    fig.colorbar(im, ax=a1, label="log10 singular value")
+    a1.set_ylabel("singular value index")
+    a1.set_title("Identifiability: singular values of R^-1/2 H dG/dz at the analysis code")
+    finite = np.where(np.isfinite(crlb), crlb, np.nan)
+    with warnings.catch_warnings():  # times where every bound is infinite: NaN, not drawn
+        warnings.simplefilter("ignore", RuntimeWarning)
+        a2.semilogy(t, np.nanmedian(finite, axis=1), "C0-", lw=0.8, label="median")
+        a2.semilogy(t, np.nanmax(finite, axis=1), "C3-", lw=0.8, label="largest finite")
+    n_inf = np.sum(~np.isfinite(crlb) & ~np.isnan(crlb), axis=1)
+    if n_inf.any():
+        a2.text(0.01, 0.02, f"non-identifiable coordinates: up to {int(n_inf.max())}",
+                transform=a2.transAxes, fontsize=8)
+    a2.set_ylabel(f"CRLB ({ds['crlb'].attrs.get('units', '')})")
+    a2.set_xlabel(f"time ({_tunit(ds)})")
+    a2.legend(loc="upper right", fontsize=8)
+    return _save(fig, out / "identifiability.png")
+
+
 def make_report(store: str | os.PathLike, out: str | os.PathLike | None = None) -> Path:
     """Write the figures of a store and ``report.md`` into ``out`` (default ``<store>_report``).
 
@@ -220,6 +248,8 @@ def make_report(store: str | os.PathLike, out: str | os.PathLike | None = None) 
         figs.append(fig_ess(ds, out))
     if "ood_residual" in ds:
         figs.append(fig_ood(ds, out))
+    if "identifiability_sv" in ds:
+        figs.append(fig_identifiability(ds, out))
     tail = ds.isel(time=slice(burn_in, None))
     lines = [f"# Report: {ds.attrs.get('case_name', store.stem)}", "",
              f"Made by `latentda report {store}`. {ds.attrs.get('case_description', '')}".strip(),
@@ -240,6 +270,23 @@ def make_report(store: str | os.PathLike, out: str | os.PathLike | None = None) 
                   f"{100 * float(tail['ood_flag'].astype(float).mean()):.1f}% of analyses "
                   f"flagged (`{ds.attrs.get('ood_monitor', '')}`), mean manifold distance "
                   f"{float(tail['manifold_distance'].mean()):.3g}.", ""]
+    if "map_iterations" in ds and np.isfinite(tail["map_iterations"].values).any():
+        line = (f"Gradient-based analysis: {float(tail['map_iterations'].mean()):.3g} "
+                f"Gauss-Newton iterations per analysis, largest Hessian damping "
+                f"{float(tail['hessian_damping'].max()):.3g}")
+        if np.isfinite(tail["accept_rate"].values).any():
+            line += f", MCMC acceptance rate {float(tail['accept_rate'].mean()):.3g}"
+        lines += [line + ".", ""]
+    if "identifiability_sv" in ds:
+        sv = tail["identifiability_sv"].values
+        big = np.nanmax(sv, axis=1, keepdims=True)
+        rank = np.mean(np.sum(sv > 1e-6 * big, axis=1))
+        crlb = tail["crlb"].values
+        finite = crlb[np.isfinite(crlb)]
+        med = (f"median finite CRLB {float(np.median(finite)):.3g}" if finite.size
+               else "every CRLB infinite (fewer observations than latent dimensions)")
+        lines += [f"Identifiability: {rank:.3g} of {sv.shape[1]} latent directions "
+                  f"identified on average; {med}.", ""]
     comps = str(ds["component"].attrs.get("flag_meanings", "")).split()
     if len(comps) > 1:
         lines += ["| component | analysis RMSE | analysis spread |", "|---|---|---|"]

@@ -40,10 +40,25 @@ import numpy as np
 from latentda._validate import check_float
 from latentda.filters.base import AnalysisResult, Background, EnsembleFilter, Geometry, Observation
 
-__all__ = ["Assimilation", "StateSpace", "LatentSpace", "LATENT_MODES"]
+__all__ = ["Assimilation", "StateSpace", "LatentSpace", "LATENT_MODES", "TorchFunction"]
 
 #: the off-manifold treatments of :class:`LatentSpace`
 LATENT_MODES = ("manifold", "noisy_manifold", "hybrid")
+
+
+class TorchFunction:
+    """A differentiable torch function with the precision it computes in (``dtype``).
+
+    Gradient-based analyses read ``dtype`` to pick forward-difference Jacobians
+    for float32 priors.
+    """
+
+    def __init__(self, fn: Callable[[Any], Any], dtype: Any) -> None:
+        self.fn = fn
+        self.dtype = dtype
+
+    def __call__(self, V: Any) -> Any:
+        return self.fn(V)
 
 
 @dataclass
@@ -262,6 +277,22 @@ class LatentSpace:
         """The observation function of the analysed variables: ``h ∘ decode``."""
         return lambda Z: h(self.decode(Z))
 
+    def decode_t(self, V: Any) -> Any:
+        """:meth:`decode` on float64 CPU tensors, differentiable (one device round trip)."""
+        import torch
+
+        p = self.prior
+        k = self.latent_dim
+        Z = V[:, :k] if self.mode == "noisy_manifold" else V
+        X = p.decode_t(Z.to(p.device, p.dtype)).to("cpu", torch.float64)
+        return X + V[:, k:] if self.mode == "noisy_manifold" else X
+
+    def observe_t(self, h_t: Callable[[Any], Any] | None) -> Callable[[Any], Any] | None:
+        """The differentiable observation function ``h_t ∘ decode_t`` (None if ``h_t`` is)."""
+        if h_t is None:
+            return None
+        return TorchFunction(lambda V: h_t(self.decode_t(V)), self.prior.dtype)
+
     def assimilate(self, filt: EnsembleFilter, Ef: np.ndarray, obs: Observation,
                    rng: np.random.Generator | None) -> Assimilation:
         """Analyse the physical forecast ``Ef`` with ``obs`` (physical ``h``) by ``filt``.
@@ -274,7 +305,8 @@ class LatentSpace:
         V = self.encode(Ef)
         Zf = V[:, :k]
         R = obs.R if self.mode != "hybrid" else obs.R / self.obs_fraction
-        lat = Observation(y=obs.y, R=R, h=self.observe(obs.h))
+        lat = Observation(y=obs.y, R=R, h=self.observe(obs.h),
+                          h_torch=self.observe_t(obs.h_torch) if filt.needs_gradient else None)
         res = filt.analyse(V, lat, rng, background=self.background)
         Za = res.E[:, :k]
         if self.mode != "hybrid":

@@ -719,7 +719,7 @@ def test_h_not_called_before_validation() -> None:
 
 def test_registry_and_reprs_label_runs() -> None:
     assert set(FILTERS) == {"EnKF", "ETKF", "LETKF", "EnKF_N", "AdaptiveETKF", "ParticleFilter",
-                            "HybridETKF"}
+                            "HybridETKF", "LaplaceAnalysis", "VariableLaplace", "MCMCAnalysis"}
     assert repr(HybridETKF(beta=0.3)) == "HybridETKF(inflation=1.0, beta=0.3)"
     assert repr(ETKF(inflation=1.02)) == "ETKF(inflation=1.02)"
     assert repr(LETKF(4, inflation=1.02)) == \

@@ -12,6 +12,7 @@ from latentda.inference.npe import (
     ConditionalAffineCoupling,
     ConditionalFlow,
     NeuralPosterior,
+    NeuralPosteriorEnsemble,
 )
 
 torch.set_num_threads(1)
@@ -123,6 +124,40 @@ def test_save_and_load_round_trip(trained, tmp_path):
     s = np.array([[0.5, 0.5], [0.0, 1.0]])
     np.testing.assert_allclose(q2.log_prob(th, s), q.log_prob(th, s))
     np.testing.assert_array_equal(q2.sample(s[0], 5, seed=1), q.sample(s[0], 5, seed=1))
+
+
+def test_ensemble_is_the_equal_weight_mixture(trained, tmp_path):
+    q, _ = trained
+    q2 = NeuralPosterior.from_state_dict(q.state_dict())
+    _perturb(q2.flow, seed=3, scale=0.05)  # a second, different member
+    ens = NeuralPosteriorEnsemble([q, q2])
+    th = np.array([[0.1, 0.2], [1.0, -1.0], [-0.5, 0.3]])
+    s = np.array([0.5, -0.2])
+    expected = np.log(0.5 * np.exp(q.log_prob(th, s)) + 0.5 * np.exp(q2.log_prob(th, s)))
+    np.testing.assert_allclose(ens.log_prob(th, s), expected, rtol=1e-12, atol=1e-12)
+    # a one-member ensemble is the member itself
+    np.testing.assert_allclose(NeuralPosteriorEnsemble([q]).log_prob(th, s), q.log_prob(th, s))
+    # stratified draws: exactly n // K from each member, shuffled; mean = mixture mean
+    x = ens.sample(s, 4001, seed=0)
+    assert x.shape == (4001, 2)
+    m1 = q.sample(s, 20000, seed=1).mean(axis=0)
+    m2 = q2.sample(s, 20000, seed=2).mean(axis=0)
+    sd = np.sqrt(np.diag(SIGMA))
+    np.testing.assert_array_less(np.abs(x.mean(axis=0) - 0.5 * (m1 + m2)), 5 * sd / 60)
+    xs = ens.sample(np.stack([s, -s]), 10, seed=0)
+    assert xs.shape == (2, 10, 2)
+    np.testing.assert_array_equal(ens.sample(s, 7, seed=3), ens.sample(s, 7, seed=3))
+    ens2 = NeuralPosteriorEnsemble.load(ens.save(tmp_path / "ens.pt"))
+    np.testing.assert_allclose(ens2.log_prob(th, s), ens.log_prob(th, s))
+    with pytest.raises(ValueError, match="members"):
+        NeuralPosteriorEnsemble([])
+    with pytest.raises(ValueError, match="not trained"):
+        NeuralPosteriorEnsemble([NeuralPosterior(2, 2)])
+    with pytest.raises(ValueError, match="share theta_dim"):
+        other = NeuralPosterior(3, 2, hidden=8, embed_dim=4)
+        other.fit(np.random.default_rng(0).standard_normal((40, 3)), np.zeros((40, 2)),
+                  max_epochs=1)
+        NeuralPosteriorEnsemble([q, other])
 
 
 @pytest.mark.parametrize("call, field", [

@@ -52,3 +52,18 @@ def test_readme_latent_example_runs_and_stays_stable():
         exec(compile(prior + script + latent, "README.md", "exec"), {})
     rmse = float(out.getvalue().split()[-1])
     assert 0.1 < rmse < 0.35, rmse  # the README says about 0.26; the state ETKF diverges
+
+
+def test_readme_then_block_reads_the_store_of_the_first_command(tmp_path, monkeypatch):
+    from latentda.config import load_case
+    from latentda.experiment import run_case
+
+    blocks = [b for b in python_blocks() if "open_zarr" in b]
+    assert blocks, "README lost its 'Then' block"
+    case = load_case(README.parent / "cases" / "l96_etkf.yaml", cycles=520)
+    run_case(case, store=tmp_path / "runs" / "l96_etkf.zarr")
+    monkeypatch.chdir(tmp_path)
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        exec(compile(blocks[0], "README.md", "exec"), {})
+    assert 0.1 < float(out.getvalue().split()[-1]) < 0.3

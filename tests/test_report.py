@@ -56,3 +56,31 @@ def test_report_of_a_latent_run_with_a_truth_shift_shows_ood(tmp_path):
     md = (tmp_path / "rep" / "report.md").read_text()
     assert "(ood.png)" in md and "OOD: mean ood_residual" in md
     assert (tmp_path / "rep" / "ood.png").read_bytes()[:8] == PNG
+
+
+def test_report_of_a_latent_laplace_run_shows_identifiability(tmp_path):
+    from pathlib import Path
+
+    import xarray as xr
+
+    vae = Path(__file__).resolve().parent.parent / "models" / "l96_vae_k32.pt"
+    case = parse_case({"name": "lap", "cycles": 6,
+                       "model": {"system": "lorenz96", "n": 40},
+                       "observations": {"operator": {"kind": "every", "k": 2},
+                                        "error_variance": 1.0},
+                       "ensemble": {"size": 6, "init": "perturbed_truth"},
+                       "prior": {"path": str(vae), "device": "cpu"},
+                       "space": {"kind": "latent", "mode": "noisy_manifold"},
+                       "filter": {"method": "laplace", "iterations": 2, "inflation": 1.05},
+                       "ood": {"enabled": False},
+                       "identifiability": {"enabled": True}})
+    _, store = run_case(case, store=tmp_path / "r.zarr")
+    ds = xr.open_zarr(store)
+    # 20 observations, 32 latent coordinates: at most 20 non-zero singular values
+    assert ds.sizes["latent"] == 32 and (ds.identifiability_sv[:, 20:] == 0).all()
+    assert (ds.identifiability_sv[:, :20] > 0).all() and ds.map_iterations.min() >= 1
+    assert main(["report", str(store), "--out", str(tmp_path / "rep")]) == 0
+    md = (tmp_path / "rep" / "report.md").read_text()
+    assert "(identifiability.png)" in md and "Gauss-Newton iterations" in md
+    png = (tmp_path / "rep" / "identifiability.png").read_bytes()
+    assert png[:8] == PNG and len(png) > 5000

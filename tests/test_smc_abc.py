@@ -72,6 +72,32 @@ def test_importance_stage_is_consistent_and_reports_its_error():
     np.testing.assert_allclose(np.diag(res.cov), np.diag(P), rtol=0.15)
 
 
+def test_adaptive_importance_rounds_repair_a_poor_proposal_and_stay_consistent():
+    """A degenerate SMC (10 particles, one stage, one move) gives a poor t proposal; pilot
+    rounds refit it to their weighted draws: far higher ESS, same target."""
+    eps, scale = 0.3, np.ones(3)
+    mean0, cov0 = np.zeros(2), 4.0 * np.eye(2)
+    mu, P = exact_posterior(mean0, cov0, eps, scale)
+    sd = np.sqrt(np.diag(P))
+    kw = dict(epsilon=eps, scale=scale, n_particles=10, n_sims=1, final_moves=0,
+              max_stages=1, max_moves=1, n_importance=4000, importance_sims=3)
+    one = smc_abc(linear_simulator, GaussianPrior(mean0, cov0), S_OBS, rng=7, **kw)
+    three = smc_abc(linear_simulator, GaussianPrior(mean0, cov0), S_OBS, rng=7,
+                    importance_rounds=3, importance_pilot=1000, **kw)
+    assert three.theta.shape == (4000, 2)
+    # the pilots cost 2 x 1000 draws x 3 simulations more than one round
+    assert three.n_simulations - one.n_simulations == 2 * 1000 * 3
+    assert one.ess < 100 and three.ess > 10 * one.ess
+    np.testing.assert_array_less(np.abs(three.mean - mu), 4 * three.mean_se)
+    assert np.all(three.mean_se < 0.05 * sd)
+    np.testing.assert_allclose(np.diag(three.cov), np.diag(P), rtol=0.15)
+    # batch means of independent weighted draws agree with the delta-method error
+    ratio = three.batch_mean_se(20) / three.mean_se
+    assert np.all((ratio > 0.4) & (ratio < 2.2)), ratio
+    with pytest.raises(ValueError, match="n_batches"):
+        three.batch_mean_se(1)
+
+
 def test_kernel_likelihood_estimate_is_unbiased():
     """E[exp(log L_hat)] = N(s_obs; A theta, diag(noise^2 + eps^2 scale^2)) for any M."""
     rng = np.random.default_rng(0)
@@ -117,6 +143,8 @@ def test_lv_simulator_returns_the_nine_summaries():
     ({"n_importance": -1}, "n_importance"),
     ({"importance_df": 2.0}, "importance_df"),
     ({"defensive": 1.0}, "defensive"),
+    ({"importance_rounds": 0}, "importance_rounds"),
+    ({"importance_pilot": 5}, "importance_pilot"),
 ])
 def test_bad_settings_are_refused_before_any_simulation(kwargs, field):
     calls = []

@@ -27,6 +27,7 @@ from latentda.filters.base import (
 from latentda.filters.enkf import EnKF
 from latentda.filters.enkf_n import EnKF_N
 from latentda.filters.etkf import ETKF
+from latentda.filters.gradient import LaplaceAnalysis, MCMCAnalysis, VariableLaplace
 from latentda.filters.hybrid import HybridETKF
 from latentda.filters.letkf import LETKF
 from latentda.filters.localization import gaspari_cohn, periodic_distance
@@ -41,6 +42,9 @@ FILTERS: dict[str, type[EnsembleFilter]] = {
     "EnKF_N": EnKF_N,
     "AdaptiveETKF": AdaptiveETKF,
     "ParticleFilter": ParticleFilter,
+    "LaplaceAnalysis": LaplaceAnalysis,
+    "VariableLaplace": VariableLaplace,
+    "MCMCAnalysis": MCMCAnalysis,
 }
 
 __all__ = [
@@ -56,6 +60,9 @@ __all__ = [
     "EnKF_N",
     "AdaptiveETKF",
     "ParticleFilter",
+    "LaplaceAnalysis",
+    "VariableLaplace",
+    "MCMCAnalysis",
     "FILTERS",
     "gaspari_cohn",
     "periodic_distance",

@@ -73,6 +73,12 @@ class Observation:
         It must not modify ``E``.
     locations : ndarray, shape (m, D), optional
         Observation positions, needed by localizing filters.
+    h_torch : callable, optional
+        A differentiable version of ``h`` for gradient-based analyses
+        (``needs_gradient``): float64 CPU tensors ``(B, d) -> (B, m)``, composed
+        by the space (decoder and operator); an attribute ``dtype`` may name the
+        precision it computes in (``torch.float32`` selects finite-difference
+        Jacobians).
 
     Raises
     ------
@@ -85,6 +91,7 @@ class Observation:
     R: np.ndarray
     h: Callable[[np.ndarray], np.ndarray]
     locations: np.ndarray | None = None
+    h_torch: Callable[[Any], Any] | None = None
     _rinv_sqrt_diag: np.ndarray | None = field(init=False, repr=False, default=None)
     _rinv_sqrt: np.ndarray | None = field(init=False, repr=False, default=None)
 
@@ -118,6 +125,9 @@ class Observation:
             object.__setattr__(self, "_rinv_sqrt", sym_inv_sqrt(R, name="R", validate=True))
         if not callable(self.h):
             raise ValueError(f"h must be callable, h(E) -> (N, m) (got {type(self.h).__name__})")
+        if self.h_torch is not None and not callable(self.h_torch):
+            raise ValueError(f"h_torch must be callable or None "
+                             f"(got {type(self.h_torch).__name__})")
         loc = self.locations
         if loc is not None:
             loc = _as_locations("locations", loc, m)
@@ -290,6 +300,8 @@ class EnsembleFilter(ABC):
     stochastic = False
     #: whether ``analyse`` needs a static :class:`Background` covariance
     needs_background = False
+    #: whether ``analyse`` differentiates ``h`` (needs ``obs.h_torch``)
+    needs_gradient = False
 
     def __post_init__(self) -> None:
         self._validate_params()
@@ -354,6 +366,11 @@ class EnsembleFilter(ABC):
                 raise ValueError(f"background.sqrt must have one row per variable: "
                                  f"{E.shape[1]} rows for E of shape {E.shape} "
                                  f"(got {background.d})")
+        if self.needs_gradient and obs.h_torch is None:
+            raise ValueError(f"{type(self).__name__} differentiates the observation function "
+                             f"but obs.h_torch is None: the observation operator has no "
+                             f"torch version (use Identity, Subset, Linear, Arctan or Square), "
+                             f"or use a gradient-free filter (ETKF, EnKF, LETKF, HybridETKF)")
         self._check_call(E, obs, geometry)
         HE = self._observe(obs, E)
         token = _JITTER.set([0.0])

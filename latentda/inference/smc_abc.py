@@ -35,6 +35,14 @@ replaces them by independent draws from a Student-t fitted to the particles (mix
 the prior), each weighted by ``p(theta) L̂(theta) / g(theta)`` with a fresh unbiased
 estimate; the weighted draws are consistent, and their effective sample size and the
 standard error of the mean (:attr:`SMCABCResult.mean_se`) say how precise they are.
+With ``importance_rounds > 1`` the importance stage is adaptive (population Monte Carlo,
+Cappé et al. 2004): each pilot round of ``importance_pilot`` draws refits the Student-t to
+the *weighted* draws of the round before, so a proposal fitted to few or sticky SMC
+particles (too narrow, off-centre) is corrected before the final round of ``n_importance``
+draws. Every round weights with fresh unbiased likelihood estimates and the result keeps
+the final round only; its proposal depends on earlier rounds but not on its own draws, so
+the final round is an ordinary (random-weight) importance sample, consistent for
+``p_eps(theta | s_obs)`` whatever the pilots did.
 """
 
 from __future__ import annotations
@@ -252,6 +260,40 @@ class SMCABCResult:
         D = self.theta - w @ self.theta
         return np.sqrt((w * w) @ (D * D))
 
+    def batch_mean_se(self, n_batches: int = 10) -> np.ndarray:
+        """Standard error of :attr:`mean` from ``n_batches`` disjoint batches, shape (d,).
+
+        The samples are split in order into equal batches, each gives a (self-normalized)
+        mean, and the error of the overall mean is ``std(batch means) / sqrt(n_batches)``.
+        An empirical check of :attr:`mean_se` for independent importance draws (valid
+        when each batch holds many effective samples); for SMC particles, which are
+        resampled and so not in independent order, it means little.
+
+        Parameters
+        ----------
+        n_batches : int
+            Number of batches (>= 2, at most the sample count).
+        """
+        n = self.theta.shape[0]
+        n_batches = check_int("n_batches", n_batches, min_value=2)
+        if n_batches > n:
+            raise ValueError(f"n_batches must be at most the sample count {n} "
+                             f"(got {n_batches})")
+        w = self._w()
+        means = []
+        for ix in np.array_split(np.arange(n), n_batches):
+            wb = w[ix]
+            tot = float(wb.sum())
+            if tot <= 0:
+                continue
+            means.append(wb @ self.theta[ix] / tot)
+        if len(means) < 2:
+            return np.full(self.theta.shape[1], np.inf)
+        bm = np.asarray(means)
+        # plain batch means; the overall mean weighs batches by their total weight,
+        # which varies little when each batch holds many effective samples
+        return bm.std(axis=0, ddof=1) / math.sqrt(len(means))
+
 
 def _simulate_block(simulate: Simulator, theta: np.ndarray, M: int, p: int,
                     rng: np.random.Generator) -> np.ndarray:
@@ -299,7 +341,8 @@ def smc_abc(simulate: Simulator, prior: Prior, s_obs: Any, *, epsilon: float,
             max_moves: int = 10, final_moves: int = 3, max_stages: int = 100,
             n_importance: int = 0, importance_sims: int | None = None,
             importance_df: float = 5.0, importance_inflation: float = 1.5,
-            defensive: float = 0.05,
+            defensive: float = 0.05, importance_rounds: int = 1,
+            importance_pilot: int | None = None,
             rng: np.random.Generator | int = 0) -> SMCABCResult:
     """Sample the Gaussian-kernel ABC posterior ``p_eps(theta | s_obs)`` by SMC.
 
@@ -350,6 +393,13 @@ def smc_abc(simulate: Simulator, prior: Prior, s_obs: Any, *, epsilon: float,
     defensive : float
         Weight of the prior in the proposal mixture, in [0, 1) (``> 0`` bounds the
         weights where the prior is proper).
+    importance_rounds : int
+        Rounds of the importance stage (>= 1): ``importance_rounds - 1`` pilot rounds,
+        each refitting the proposal's centre and covariance to the weighted draws of the
+        round before (the first is fitted to the SMC particles), then the final round,
+        which alone makes the result.
+    importance_pilot : int, optional
+        Draws of each pilot round (>= 10; default ``n_importance``).
     rng : numpy.random.Generator or int
 
     Returns
@@ -396,6 +446,9 @@ def smc_abc(simulate: Simulator, prior: Prior, s_obs: Any, *, epsilon: float,
     defensive = check_float("defensive", defensive, min_value=0.0)
     if defensive >= 1.0:
         raise ValueError(f"defensive must be in [0, 1) (got {defensive})")
+    importance_rounds = check_int("importance_rounds", importance_rounds, min_value=1)
+    n_pilot = (n_importance if importance_pilot is None
+               else check_int("importance_pilot", importance_pilot, min_value=10))
     rng = check_rng(rng)
     d = int(prior.dim)
 
@@ -466,10 +519,13 @@ def smc_abc(simulate: Simulator, prior: Prior, s_obs: Any, *, epsilon: float,
             break
     weights = None
     if n_importance > 0:
-        theta, ll, weights, n_is = _importance_stage(
-            simulate, prior, theta, n_importance, M_is, p, importance_df,
-            importance_inflation, defensive, lambda Sx: ll_at(Sx, epsilon), rng)
-        n_sim += n_is
+        for r in range(importance_rounds):
+            n_r = n_importance if r == importance_rounds - 1 else n_pilot
+            theta, ll, weights, n_is = _importance_stage(
+                simulate, prior, theta, n_r, M_is, p, importance_df,
+                importance_inflation, defensive, lambda Sx: ll_at(Sx, epsilon), rng,
+                weights=weights)
+            n_sim += n_is
     return SMCABCResult(theta=theta, log_likelihood=ll, weights=weights, epsilons=epsilons,
                         acceptance=accs, moves=moves, n_simulations=n_sim,
                         seconds=time.perf_counter() - t0)
@@ -478,7 +534,8 @@ def smc_abc(simulate: Simulator, prior: Prior, s_obs: Any, *, epsilon: float,
 def _mvt_logpdf(X: np.ndarray, m: np.ndarray, L: np.ndarray, df: float) -> np.ndarray:
     d = m.size
     z = np.linalg.solve(L, (X - m).T)
-    q = np.sum(z * z, axis=0)
+    with np.errstate(over="ignore"):  # far outside a narrow t: q = inf, log-density -inf
+        q = np.sum(z * z, axis=0)
     logdet = float(np.sum(np.log(np.diag(L))))
     return (math.lgamma(0.5 * (df + d)) - math.lgamma(0.5 * df) - 0.5 * d * math.log(df * math.pi)
             - logdet - 0.5 * (df + d) * np.log1p(q / df))
@@ -487,11 +544,22 @@ def _mvt_logpdf(X: np.ndarray, m: np.ndarray, L: np.ndarray, df: float) -> np.nd
 def _importance_stage(simulate: Simulator, prior: Prior, particles: np.ndarray, n: int, M: int,
                       p: int, df: float, inflation: float, defensive: float,
                       ll_fn: Callable[[np.ndarray], np.ndarray], rng: np.random.Generator,
+                      weights: np.ndarray | None = None,
                       ) -> tuple[np.ndarray, np.ndarray, np.ndarray, int]:
-    """Independent draws from a t / prior mixture, weighted with unbiased likelihoods."""
+    """Independent draws from a t / prior mixture, weighted with unbiased likelihoods.
+
+    The t is centred at the (weighted) mean of ``particles`` with their (weighted)
+    covariance times ``inflation``.
+    """
     d = particles.shape[1]
-    m = particles.mean(axis=0)
-    C = np.atleast_2d(np.cov(particles.T)) * inflation
+    if weights is None:
+        m = particles.mean(axis=0)
+        C = np.atleast_2d(np.cov(particles.T))
+    else:
+        m = weights @ particles
+        D = particles - m
+        C = (weights[:, None] * D).T @ D / max(1.0 - float(weights @ weights), 1e-12)
+    C = C * inflation
     lam, U = np.linalg.eigh(C)
     C = (U * np.maximum(lam, 1e-12 * max(float(lam.max()), 1e-300))) @ U.T
     L = np.linalg.cholesky(C)
