@@ -57,6 +57,14 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     overrides = {"cycles": args.cycles, "seed": args.seed}
     case = load_case(args.case, **overrides)
+    if getattr(case, "kind", None) == "sbi":
+        from latentda.sbi_case import print_sbi_summary
+
+        summary, store = run_case(case, store=args.out, overwrite=args.overwrite,
+                                  write=not args.no_write, progress=not args.quiet,
+                                  resume=args.resume)
+        print_sbi_summary(case, summary, store)
+        return 0
     case = with_parallel(case, scheduler=args.scheduler, n_workers=args.workers,
                          batch_size=args.batch_size)
     summary, store = run_case(case, store=args.out, overwrite=args.overwrite,
@@ -122,9 +130,19 @@ def cmd_train_prior(args: argparse.Namespace) -> int:
     return 0
 
 
+class _DefaultsFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Appends ``(default: ...)`` unless the help text already says what the default is."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        if "default" in text:
+            return text
+        return super()._get_help_string(action)
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of the ``latentda`` command."""
-    fmt = argparse.ArgumentDefaultsHelpFormatter
+    fmt = _DefaultsFormatter
     p = argparse.ArgumentParser(prog="latentda", formatter_class=fmt,
                                 description="Data assimilation in state and latent space.")
     from latentda import __version__
@@ -211,6 +229,11 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # output piped into a reader that stopped (e.g. `| head`)
+        import os
+
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
 
 
 if __name__ == "__main__":

@@ -608,6 +608,10 @@ def load_case(path: str | os.PathLike, **overrides: Any) -> Case:
         data = yaml.safe_load(p.read_text())
     except yaml.YAMLError as err:
         raise CaseError(f"case file {p} is not valid YAML: {err}") from None
+    if isinstance(data, dict) and data.get("kind") == "sbi":  # an inference, not a cycled run
+        from latentda.sbi_case import parse_sbi_case
+
+        return parse_sbi_case(data, str(p), overrides)
     if isinstance(data, dict):
         given = {k: v for k, v in overrides.items() if v is not None}
         data = {**data, **given}
@@ -709,7 +713,17 @@ def case_reference_markdown() -> str:
         "with its dotted name (`observations.operator.k`) before any work starts.",
         "`latentda cases` lists the shipped cases with their first comment line.",
     ]
-    for title, model in _REFERENCE_SECTIONS:
+    from latentda import sbi_case as sbi
+
+    sections = [*_REFERENCE_SECTIONS,
+                ("sbi case (kind: sbi, top level)", sbi.SBICase),
+                ("sbi: model", sbi.SSAModelConfig), ("sbi: npe", sbi.NPEConfig),
+                ("sbi: particle", sbi.ParticleConfig)]
+    for title, model in sections:
+        if model is sbi.SBICase:
+            lines += ["", "A case with `kind: sbi` is a simulation-based inference "
+                      "(`latentda/sbi_case.py`), not a cycled run: `latentda run` trains the "
+                      "amortized posterior, runs the particle reference and writes both."]
         lines += ["", f"## {title}", "", (model.__doc__ or "").strip().splitlines()[0], "",
                   "| field | type | default | meaning |", "|---|---|---|---|"]
         for name, f in model.model_fields.items():

@@ -405,6 +405,13 @@ def run_case(case: cfg.Case, *, store: str | os.PathLike | None = None, overwrit
     from latentda.cycle import DivergenceError
     from latentda.io import read_checkpoint
 
+    if getattr(case, "kind", None) == "sbi":  # a simulation-based-inference case
+        from latentda.sbi_case import run_sbi_case
+
+        if resume:
+            raise ValueError("--resume does not apply to an sbi case (it runs no cycles)")
+        return run_sbi_case(case, store=store, overwrite=overwrite, write=write,
+                            progress=progress)
     if resume and not write:
         raise ValueError("resume needs a store to continue (write=True)")
     forecaster = Forecaster.from_config(case.parallel)  # validates; starts nothing yet

@@ -39,7 +39,7 @@ def _save(fig, path: Path) -> Path:
 
 
 def fig_skill(ds: xr.Dataset, out: Path) -> Path:
-    """RMSE and spread of forecast and analysis over time."""
+    """RMSE and spread of forecast, analysis (and smoothed, for smoothers) over time."""
     plt = _plt()
     fig, ax = plt.subplots(figsize=(8, 3.5))
     t = ds["time"].values
@@ -47,8 +47,9 @@ def fig_skill(ds: xr.Dataset, out: Path) -> Path:
                         ("spread_forecast", "C1--"), ("spread_analysis", "C1-")):
         if name in ds and np.isfinite(ds[name].values).any():
             ax.plot(t, ds[name].values, style, lw=0.8, label=name.replace("_", " "))
-    if "smoothed" in ds and "rmse_smoothed" in ds:
-        ax.plot(t, ds["rmse_smoothed"].values, "C2-", lw=0.8, label="rmse smoothed")
+    for name, style in (("rmse_smoothed", "C2-"), ("spread_smoothed", "C2:")):
+        if name in ds and np.isfinite(ds[name].values).any():  # fixed-lag smoothers
+            ax.plot(t, ds[name].values, style, lw=0.8, label=name.replace("_", " "))
     ax.set_xlabel(f"time ({_tunit(ds)})")
     ax.set_ylabel(f"RMSE / spread ({ds['rmse_analysis'].attrs.get('units', '')})")
     ax.set_yscale("log")
@@ -172,22 +173,37 @@ def fig_ess(ds: xr.Dataset, out: Path) -> Path:
     return _save(fig, out / "ess.png")
 
 
+def _ood_level(ds: xr.Dataset) -> float | None:
+    """The flagging level of a run's OOD monitor (from its case config)."""
+    cfg = json.loads(ds.attrs.get("case_config", "{}"))
+    level = (cfg.get("ood") or {}).get("level")
+    return None if level is None else float(level)
+
+
 def fig_ood(ds: xr.Dataset, out: Path) -> Path:
-    """OOD residual (flagged analyses marked) and manifold distance over time."""
+    """OOD residual, its chi-square score against the flagging level, manifold distance."""
     plt = _plt()
     t = ds["time"].values
-    fig, (a1, a2) = plt.subplots(2, 1, figsize=(8, 5), sharex=True)
-    a1.plot(t, ds["ood_residual"].values, "C0-", lw=0.7, label="ood_residual")
+    fig, (a1, a2, a3) = plt.subplots(3, 1, figsize=(8, 7), sharex=True)
     flag = ds["ood_flag"].values.astype(bool)
+    a1.plot(t, ds["ood_residual"].values, "C0-", lw=0.7, label="ood_residual")
     a1.plot(t[flag], ds["ood_residual"].values[flag], "C3.", ms=4, label="flagged")
     a1.set_ylabel("OOD residual (1)")
-    a2.plot(t, ds["manifold_distance"].values, "C2-", lw=0.7)
-    a2.set_ylabel(f"manifold distance ({ds['manifold_distance'].attrs.get('units', '')})")
-    a2.set_xlabel(f"time ({_tunit(ds)})")
+    score = np.clip(ds["ood_score"].values, 1e-300, 1.0)
+    a2.semilogy(t, score, "C0-", lw=0.7, label="ood_score")
+    a2.semilogy(t[flag], score[flag], "C3.", ms=4, label="flagged")
+    level = _ood_level(ds)
+    if level is not None:
+        a2.axhline(level, color="C3", ls="--", lw=0.8, label=f"level {level:g}")
+    a2.set_ylabel("chi-square tail probability (1)")
+    a2.legend(loc="lower left", fontsize=8)
+    a3.plot(t, ds["manifold_distance"].values, "C2-", lw=0.7)
+    a3.set_ylabel(f"manifold distance ({ds['manifold_distance'].attrs.get('units', '')})")
+    a3.set_xlabel(f"time ({_tunit(ds)})")
     shift = json.loads(ds.attrs.get("case_config", "{}")).get("truth_shift")
     if shift:
         ts = t[min(int(shift["cycle"]), t.size - 1)]
-        for ax in (a1, a2):
+        for ax in (a1, a2, a3):
             ax.axvline(ts, color="k", ls="--", lw=0.8)
         a1.text(ts, a1.get_ylim()[1], " truth shift", va="top", fontsize=8)
     a1.legend(loc="upper left", fontsize=8)
@@ -222,6 +238,53 @@ def fig_identifiability(ds: xr.Dataset, out: Path) -> Path:
     return _save(fig, out / "identifiability.png")
 
 
+def fig_sbi_posteriors(ds: xr.Dataset, out: Path) -> Path:
+    """SBI stores: marginal posteriors of each log-rate, NPE against the particle posterior."""
+    plt = _plt()
+    names = str(ds["parameter"].attrs.get("flag_meanings", "")).split()
+    X = ds["npe_samples"].values
+    P, w = ds["particle_samples"].values, ds["particle_weights"].values
+    fig, axes = plt.subplots(1, X.shape[1], figsize=(3.2 * X.shape[1], 3.2), squeeze=False)
+    for j, ax in enumerate(axes[0]):
+        lo = min(X[:, j].min(), P[:, j].min())
+        hi = max(X[:, j].max(), P[:, j].max())
+        bins = np.linspace(lo, hi, 40)
+        ax.hist(X[:, j], bins=bins, density=True, color="C0", alpha=0.5, label="NPE")
+        ax.hist(P[:, j], bins=bins, weights=w, density=True, histtype="step", color="C3",
+                lw=1.2, label="particle (SMC-ABC)")
+        ax.axvline(float(ds["theta_true"].values[j]), color="k", ls="--", lw=0.8,
+                   label="truth")
+        ax.set_xlabel(f"{names[j] if j < len(names) else j} (1)")
+        ax.set_ylabel("density (1)")
+        ax.set_title(f"dmean/std {float(ds['dmean_over_std'].values[j]):+.2f}", fontsize=9)
+    axes[0, 0].legend(fontsize=7)
+    fig.suptitle("Posterior marginals: amortized NPE vs particle posterior")
+    return _save(fig, out / "sbi_posteriors.png")
+
+
+def _sbi_report(store: Path, ds: xr.Dataset, out: Path) -> Path:
+    fig = fig_sbi_posteriors(ds, out)
+    names = str(ds["parameter"].attrs.get("flag_meanings", "")).split()
+    lines = [f"# Report: {ds.attrs.get('case_name', store.stem)}", "",
+             f"Made by `latentda report {store}`. {ds.attrs.get('case_description', '')}".strip(),
+             "", "| log-rate | truth | NPE mean | particle mean | particle std | dmean/std |",
+             "|---|---|---|---|---|---|"]
+    for j, name in enumerate(names):
+        lines.append(f"| {name} | {float(ds.theta_true[j]):.4g} | {float(ds.npe_mean[j]):.4g} "
+                     f"| {float(ds.particle_mean[j]):.4g} | {float(ds.particle_std[j]):.4g} "
+                     f"| {float(ds.dmean_over_std[j]):+.3f} |")
+    a = ds.attrs
+    lines += ["", f"Max |dmean|/std {a.get('max_abs_dmean_over_std', float('nan')):.3f}; "
+              f"NPE std / particle std {a.get('std_ratio', float('nan')):.2f}; particle ESS "
+              f"{a.get('particle_ess', float('nan')):.0f}. A new observation: particle "
+              f"{a.get('particle_seconds', float('nan')):.1f} s, NPE "
+              f"{1e3 * a.get('npe_seconds', float('nan')):.1f} ms "
+              f"({a.get('speedup', float('nan')):.0f}x).", "", f"![{fig.stem}]({fig.name})"]
+    md = out / "report.md"
+    md.write_text("\n".join(lines) + "\n")
+    return md
+
+
 def make_report(store: str | os.PathLike, out: str | os.PathLike | None = None) -> Path:
     """Write the figures of a store and ``report.md`` into ``out`` (default ``<store>_report``).
 
@@ -234,6 +297,8 @@ def make_report(store: str | os.PathLike, out: str | os.PathLike | None = None) 
     ds = open_run(store).load()
     out = Path(out) if out is not None else store.with_name(store.stem + "_report")
     out.mkdir(parents=True, exist_ok=True)
+    if ds.attrs.get("kind") == "sbi":  # an inference case: posteriors, not time series
+        return _sbi_report(store, ds, out)
     burn_in = int(ds.attrs.get("burn_in_cycles", 0))
     burn_in = min(burn_in, max(ds.sizes["time"] - 1, 0))
     figs = [fig_skill(ds, out), fig_rank_histogram(ds, out, burn_in)]

@@ -107,6 +107,22 @@ def test_help_describes_defaults(capsys):
     assert "--overwrite" in out and "default" in out
 
 
+@pytest.mark.parametrize("command", ["run", "cases", "info", "report", "train-prior", "export"])
+def test_every_subcommand_help_gives_each_option_a_default(command, capsys):
+    import re
+
+    with pytest.raises(SystemExit):
+        main([command, "--help"])
+    out = capsys.readouterr().out
+    # one entry per option: "  --name ..." up to the next option; each says its default once
+    entries = re.split(r"\n  (?=-)", out.split("options:", 1)[1])
+    for entry in entries:
+        text = " ".join(entry.split())
+        if not text or text.startswith("-h, --help"):
+            continue
+        assert text.count("default") == 1, (command, text)
+
+
 def test_case_reference_doc_is_current():
     from latentda.config import case_reference_markdown
 

@@ -84,3 +84,25 @@ def test_report_of_a_latent_laplace_run_shows_identifiability(tmp_path):
     assert "(identifiability.png)" in md and "Gauss-Newton iterations" in md
     png = (tmp_path / "rep" / "identifiability.png").read_bytes()
     assert png[:8] == PNG and len(png) > 5000
+
+
+@pytest.mark.parametrize("method,figure", [("pf", "ess"), ("enks", "skill")])
+def test_report_of_particle_and_smoother_runs(method, figure, tmp_path):
+    import xarray as xr
+
+    filt = {"method": method, "inflation": 1.05}
+    if method == "enks":
+        filt["lag"] = 2
+    case = parse_case({"name": method, "cycles": 8, "model": {"system": "lorenz96", "n": 12},
+                       "observations": {"operator": {"kind": "identity"},
+                                        "error_variance": 0.5},
+                       "ensemble": {"size": 30, "init": "perturbed_truth"},
+                       "filter": filt, "output": {"block": 4}})
+    _, store = run_case(case, store=tmp_path / "r.zarr")
+    ds = xr.open_zarr(store)
+    key = "ess" if method == "pf" else "rmse_smoothed"
+    assert bool(ds[key].notnull().any())  # what the figure draws is there
+    assert main(["report", str(store), "--out", str(tmp_path / "rep")]) == 0
+    png = (tmp_path / "rep" / f"{figure}.png").read_bytes()
+    assert png[:8] == PNG and len(png) > 5000
+    assert f"({figure}.png)" in (tmp_path / "rep" / "report.md").read_text()

@@ -18,8 +18,11 @@ transforms and training:
 - ``theta``: optionally mapped from a box ``[low, high]`` to ``R^d`` by a logit (so samples
   always lie in the prior's support; the Jacobian enters ``log_prob``), then standardized;
 - ``s``: standardized by its training median and inter-quartile scale and, by default,
-  squashed by ``asinh`` so heavy-tailed summaries do not dominate (any fixed invertible map
-  of ``s`` leaves the posterior unchanged);
+  squashed by ``asinh`` so heavy-tailed summaries do not dominate; or (``input_transform=
+  "quantile"``) mapped to normal scores through its training quantiles, piecewise linearly,
+  so every summary enters marginally standard normal whatever its skew or tails (any fixed
+  invertible map of ``s`` leaves the posterior unchanged; only the ease of learning
+  changes);
 - training maximizes ``log q(theta_i | s_i)`` over simulated pairs with Adam, early stopping
   on a validation split (the best weights are kept); ``input_noise`` adds fresh Gaussian
   noise to ``s`` in every batch, i.e. trains for the noisy-summary model
@@ -207,6 +210,37 @@ class ConditionalFlow(nn.Module):
         return self.first.inverse(z, h)
 
 
+def _quantile_knots(c: np.ndarray, n_knots: int) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    """Per column: strictly increasing quantiles of ``c`` and their normal scores."""
+    z = np.linspace(-3.5, 3.5, n_knots)
+    probs = 0.5 * np.array([math.erfc(-v / math.sqrt(2.0)) for v in z])
+    q = np.quantile(c, probs, axis=0)
+    xs, zs = [], []
+    for j in range(c.shape[1]):
+        keep = np.concatenate([[True], np.diff(q[:, j]) > 0])   # drop tied knots
+        if keep.sum() < 2:                                        # a constant column
+            xs.append(np.array([q[0, j] - 1.0, q[0, j] + 1.0]))
+            zs.append(np.array([-1.0, 1.0]))
+        else:
+            xs.append(q[keep, j].copy())
+            zs.append(z[keep].copy())
+    return xs, zs
+
+
+def _normal_scores(c: torch.Tensor, xs: list[np.ndarray], zs: list[np.ndarray]) -> torch.Tensor:
+    """Piecewise-linear map of each column through its knots ``(xs[j], zs[j])``, extrapolated
+    linearly with the end segments (monotone, invertible)."""
+    cols = []
+    for j in range(c.shape[1]):
+        kx = torch.as_tensor(xs[j], dtype=c.dtype)
+        kz = torch.as_tensor(zs[j], dtype=c.dtype)
+        v = c[:, j].contiguous()
+        i = torch.searchsorted(kx, v).clamp(1, kx.numel() - 1)
+        x0, x1, z0, z1 = kx[i - 1], kx[i], kz[i - 1], kz[i]
+        cols.append(z0 + (v - x0) * (z1 - z0) / (x1 - x0))
+    return torch.stack(cols, dim=1)
+
+
 class NeuralPosterior:
     """Amortized posterior ``q(theta | s)``: a :class:`ConditionalFlow` and its data transforms.
 
@@ -220,7 +254,17 @@ class NeuralPosterior:
         ``(low, high)`` of a box prior: ``theta`` is modelled through
         ``logit((theta - low) / (high - low))``, so every sample lies inside.
     squash_inputs : bool
-        Apply ``asinh`` to the standardized summaries.
+        Apply ``asinh`` to the standardized summaries (used when ``input_transform`` is
+        None).
+    input_transform : {"asinh", "none", "quantile"}, optional
+        How each summary enters the network: ``"asinh"`` of the median/IQR-standardized
+        value, the standardized value itself (``"none"``), or its normal score
+        ``Phi^-1(F(s))`` with ``F`` the training split's empirical CDF, interpolated
+        linearly between ``n_knots`` quantiles (at normal scores evenly spaced on
+        [-3.5, 3.5]) and extrapolated linearly beyond them (``"quantile"``). Default:
+        ``"asinh"`` if ``squash_inputs`` else ``"none"``.
+    n_knots : int
+        Quantile knots per summary for ``"quantile"`` (>= 3).
     n_layers, hidden, embed_dim, depth : int
         Flow size (see :class:`ConditionalFlow`).
     dtype : {"float32", "float64"}
@@ -242,7 +286,8 @@ class NeuralPosterior:
     """
 
     def __init__(self, theta_dim: int, s_dim: int, *, bounds: tuple[Any, Any] | None = None,
-                 squash_inputs: bool = True, n_layers: int = 6, hidden: int = 64,
+                 squash_inputs: bool = True, input_transform: str | None = None,
+                 n_knots: int = 71, n_layers: int = 6, hidden: int = 64,
                  embed_dim: int = 32, depth: int = 2, dtype: str = "float32",
                  seed: int = 0) -> None:
         self.theta_dim = check_int("theta_dim", theta_dim, min_value=1)
@@ -253,6 +298,13 @@ class NeuralPosterior:
         if not isinstance(squash_inputs, bool | np.bool_):
             raise ValueError(f"squash_inputs must be True or False (got {squash_inputs!r})")
         self.squash_inputs = bool(squash_inputs)
+        if input_transform is None:
+            input_transform = "asinh" if self.squash_inputs else "none"
+        if input_transform not in ("asinh", "none", "quantile"):
+            raise ValueError(f"input_transform must be 'asinh', 'none' or 'quantile' "
+                             f"(got {input_transform!r})")
+        self.input_transform = input_transform
+        n_knots = check_int("n_knots", n_knots, min_value=3)
         self.config = {
             "theta_dim": self.theta_dim, "s_dim": self.s_dim,
             "n_layers": check_int("n_layers", n_layers, min_value=0),
@@ -260,6 +312,8 @@ class NeuralPosterior:
             "embed_dim": check_int("embed_dim", embed_dim, min_value=1),
             "depth": check_int("depth", depth, min_value=1),
             "squash_inputs": self.squash_inputs,
+            "input_transform": self.input_transform,
+            "n_knots": n_knots,
             "dtype": dtype,
             "seed": check_int("seed", seed, min_value=0),
         }
@@ -285,6 +339,8 @@ class NeuralPosterior:
                                     self.config["depth"]).to(self._dtype)
         self._s_loc = np.zeros(s_dim)
         self._s_scale = np.ones(s_dim)
+        self._s_knots: list[np.ndarray] = []
+        self._z_knots: list[np.ndarray] = []
         self._x_loc = np.zeros(theta_dim)
         self._x_scale = np.ones(theta_dim)
         self.fitted = False
@@ -334,7 +390,11 @@ class NeuralPosterior:
 
     def _to_c(self, s: np.ndarray) -> np.ndarray:
         c = (s - self._s_loc) / self._s_scale
-        return np.arcsinh(c) if self.squash_inputs else c
+        if self.input_transform == "asinh":
+            return np.arcsinh(c)
+        if self.input_transform == "quantile":
+            return _normal_scores(torch.as_tensor(c), self._s_knots, self._z_knots).numpy()
+        return c
 
     # ---------------------------------------------------------------- training
 
@@ -423,6 +483,9 @@ class NeuralPosterior:
         std = s_tr.std(axis=0)
         self._s_loc = med
         self._s_scale = np.where(iqr > 0, iqr, np.where(std > 0, std, 1.0))
+        if self.input_transform == "quantile":
+            self._s_knots, self._z_knots = _quantile_knots(
+                (s_tr - self._s_loc) / self._s_scale, self.config["n_knots"])
         self._x_loc = np.zeros(self.theta_dim)
         self._x_scale = np.ones(self.theta_dim)
         y_tr, _ = self._to_x(th[tr])
@@ -436,13 +499,17 @@ class NeuralPosterior:
         noise_t = None if noise is None else torch.as_tensor(noise, dtype=dt)
         s_loc = torch.as_tensor(self._s_loc, dtype=dt)
         s_scale = torch.as_tensor(self._s_scale, dtype=dt)
-        squash = self.squash_inputs
+        transform = self.input_transform
 
         def context(Sb: torch.Tensor, noisy: bool) -> torch.Tensor:
             if noisy and noise_t is not None:
                 Sb = Sb + noise_t * torch.randn(Sb.shape, generator=gen, dtype=Sb.dtype)
             c = (Sb - s_loc) / s_scale
-            return torch.asinh(c) if squash else c
+            if transform == "asinh":
+                return torch.asinh(c)
+            if transform == "quantile":
+                return _normal_scores(c, self._s_knots, self._z_knots)
+            return c
 
         tr_t = torch.as_tensor(tr)
         Xv = X[torch.as_tensor(va)]
@@ -573,6 +640,8 @@ class NeuralPosterior:
         self._require_fitted()
         return {"config": dict(self.config), "flow": self.flow.state_dict(),
                 "s_loc": self._s_loc.tolist(), "s_scale": self._s_scale.tolist(),
+                "s_knots": [k.tolist() for k in self._s_knots],
+                "z_knots": [k.tolist() for k in self._z_knots],
                 "x_loc": self._x_loc.tolist(), "x_scale": self._x_scale.tolist()}
 
     def save(self, path: str | Path) -> Path:
@@ -591,6 +660,8 @@ class NeuralPosterior:
         q.flow.eval()
         q._s_loc = np.asarray(state["s_loc"])
         q._s_scale = np.asarray(state["s_scale"])
+        q._s_knots = [np.asarray(k, dtype=np.float64) for k in state.get("s_knots", [])]
+        q._z_knots = [np.asarray(k, dtype=np.float64) for k in state.get("z_knots", [])]
         q._x_loc = np.asarray(state["x_loc"])
         q._x_scale = np.asarray(state["x_scale"])
         q.fitted = True
