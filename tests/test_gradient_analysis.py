@@ -23,13 +23,7 @@ from latentda.observations import Arctan, Identity, Subset
 from latentda.priors import LinearGaussianPrior
 from latentda.spaces import LatentSpace, StateSpace
 
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("torch_one_thread")
 
 
 def obs_of(op, y, R):

@@ -18,13 +18,7 @@ from latentda.inference.latent import (
 from latentda.observations import Identity, Linear, Square, Subset
 from latentda.priors import LinearGaussianPrior, RealNVPPrior
 
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("torch_one_thread")
 
 
 def linear_prior(n: int = 6, k: int = 3, sigma2: float = 0.2, seed: int = 0):

@@ -197,7 +197,7 @@ def test_quantile_transform_gives_normal_scores_and_is_monotone():
                                          np.linspace(-9.0, 9.0, 5001)]))
     o = _normal_scores(v, xs, zs).numpy()
     assert np.all(np.diff(o, axis=0) > 0)
-    far = _normal_scores(torch.as_tensor([[2e3, 20.0], [3e3, 30.0]]), xs, zs).numpy()
+    far = _normal_scores(torch.as_tensor(np.array([[2e3, 20.0], [3e3, 30.0]])), xs, zs).numpy()
     slope = (zs[0][-1] - zs[0][-2]) / (xs[0][-1] - xs[0][-2])
     np.testing.assert_allclose(far[1, 0] - far[0, 0], 1e3 * slope, rtol=1e-9)
 
