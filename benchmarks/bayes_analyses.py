@@ -147,27 +147,26 @@ def main(argv: list[str] | None = None) -> None:
     args = ap.parse_args(argv)
     seeds = list(range(1, 1 + args.seeds))
     sw_seeds = list(range(1, 1 + args.sw_seeds))
-    results, l96_rows, sw_rows = [], [], []
-    for label, filt in L96_VARIANTS:
-        per = []
-        for seed in seeds:
-            r = run_variant("cases/l96_latent_etkf.yaml", filt, seed, args.cycles, args.burn_in)
-            r.update(case="l96_latent_etkf", label=label, filter=filt, seed=seed)
-            results.append(r)
-            per.append(r)
-            print(f"L96 {label} seed={seed}: {r['rmse_analysis']:.4f} "
-                  f"({r['ms_per_analysis']:.1f} ms/analysis)", flush=True)
-        l96_rows.append((label, per))
-    for label, filt in SW_VARIANTS:
-        per = []
-        for seed in sw_seeds:
-            r = run_variant("cases/sw_latent_etkf.yaml", filt, seed, None, None)
-            r.update(case="sw_latent_etkf", label=label, filter=filt, seed=seed)
-            results.append(r)
-            per.append(r)
-            print(f"SW {label} seed={seed}: {r['rmse_analysis']:.4f} "
-                  f"({r['ms_per_analysis']:.1f} ms/analysis)", flush=True)
-        sw_rows.append((label, per))
+    results: list[dict] = []
+
+    def run_all(tag: str, case_file: str, variants: list[tuple[str, dict]], run_seeds: list[int],
+                cycles: int | None, burn_in: int | None) -> list[tuple[str, list[dict]]]:
+        rows = []
+        for label, filt in variants:
+            per = []
+            for seed in run_seeds:
+                r = run_variant(case_file, filt, seed, cycles, burn_in)
+                r.update(case=Path(case_file).stem, label=label, filter=filt, seed=seed)
+                results.append(r)
+                per.append(r)
+                print(f"{tag} {label} seed={seed}: {r['rmse_analysis']:.4f} "
+                      f"({r['ms_per_analysis']:.1f} ms/analysis)", flush=True)
+            rows.append((label, per))
+        return rows
+
+    l96_rows = run_all("L96", "cases/l96_latent_etkf.yaml", L96_VARIANTS, seeds, args.cycles,
+                       args.burn_in)
+    sw_rows = run_all("SW", "cases/sw_latent_etkf.yaml", SW_VARIANTS, sw_seeds, None, None)
     tables = [
         table(f"Lorenz-96 N=10, latent noisy_manifold (VAE k=32): {args.cycles} cycles after "
               f"{args.burn_in} burn-in", l96_rows, seeds,

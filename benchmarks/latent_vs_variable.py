@@ -41,19 +41,10 @@ Z90 = 1.6448536269514722
 
 
 def flow_laplace(prior, op, y, R):
-    import torch
+    from latentda.inference.latent import flow_laplace as laplace
 
-    from latentda.inference.gauss_newton import floored_inv_sqrt
-    from latentda.inference.latent import _setup, _state_log_post, flow_map
-
-    res = flow_map(prior, op, y, R)
-    y_, W, h, _ = _setup(prior, op, y, R, "flow_map", "forward")
-    lp = _state_log_post(prior, h, W, y_)
-    xm = torch.as_tensor(res.x, dtype=torch.float64)
-    with torch.enable_grad():
-        H = torch.autograd.functional.hessian(lambda x: -lp(x[None])[0], xm).numpy()
-    S, _ = floored_inv_sqrt(H, 1e-8)
-    return res.x, S @ S
+    post = laplace(prior, op, y, R)
+    return post.mean, post.cov
 
 
 def methods(priors):

@@ -49,6 +49,8 @@ from _common import write_result  # noqa: E402
 from latentda.dynamics.lotka_volterra_ssa import (  # noqa: E402
     TRUE_LOG_THETA,
     StochasticLotkaVolterra,
+    oscillating,
+    summary_scale,
     summary_statistics,
 )
 from latentda.inference.lv_joint import PARAM_NAMES, LVJointSetup, coverage_experiment  # noqa: E402
@@ -81,10 +83,6 @@ def part_a(n_rep: int, seed: int, enkf_kw: dict, pf_kw: dict, setup: LVJointSetu
     return out
 
 
-def _oscillating(traj: np.ndarray, capped: np.ndarray) -> np.ndarray:
-    return (traj[:, -1] > 0).all(axis=1) & ~capped
-
-
 def part_b(args: argparse.Namespace) -> dict:
     """NPE vs SMC-ABC on held-out observations."""
     torch.set_num_threads(1)
@@ -95,9 +93,7 @@ def part_b(args: argparse.Namespace) -> dict:
     rng = np.random.default_rng(args.seed)
 
     # kernel / noise scale: natural spread of each summary over oscillating runs at theta*
-    traj, capped, _ = model.simulate(TRUE_LOG_THETA, rng, 4000)
-    S0 = summary_statistics(traj)[_oscillating(traj, capped)]
-    scale = 1.4826 * np.median(np.abs(S0 - np.median(S0, axis=0)), axis=0)
+    scale, _ = summary_scale(model, TRUE_LOG_THETA, rng, 4000)
 
     # the amortized posterior: an ensemble of flows, each on its own simulations
     members, hists = [], []
@@ -131,7 +127,7 @@ def part_b(args: argparse.Namespace) -> dict:
             th = TRUE_LOG_THETA if k == 0 else TRUE_LOG_THETA + orng.uniform(-half / 2,
                                                                               half / 2, 4)
             tr, cp, _ = model.simulate(th, orng)
-            if _oscillating(tr, cp)[0]:
+            if oscillating(tr, cp)[0]:
                 break
         obs_theta.append(np.asarray(th, dtype=float))
         obs_s.append(summary_statistics(tr)[0] + scale * orng.standard_normal(9))

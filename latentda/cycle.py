@@ -179,10 +179,14 @@ class Cycle:
         if operator.state_dim != model.state_dim:
             raise ValueError(f"operator.state_dim ({operator.state_dim}) must equal the model's "
                              f"state size ({model.state_dim})")
+        #: the operator in torch, for filters that differentiate h (built once)
+        self._operator_t = None
         if filter.needs_gradient:
+            from latentda.autodiff import torch_operator
             from latentda.inference.latent import require_differentiable
 
             require_differentiable(operator, type(filter).__name__)
+            self._operator_t = torch_operator(operator)
         self.model = model
         self.filter = filter
         self.operator = operator
@@ -290,9 +294,7 @@ class Cycle:
         if self.filter.needs_gradient:  # a differentiable h for gradient-based analyses
             import torch
 
-            from latentda.autodiff import torch_operator
-
-            op_t = torch_operator(op)
+            op_t = self._operator_t
             idx = None if sel is None else torch.as_tensor(np.flatnonzero(sel))
 
             def h_t(X: torch.Tensor) -> torch.Tensor:

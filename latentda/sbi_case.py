@@ -140,18 +140,16 @@ def parse_sbi_case(data: dict[str, Any], source: str = "<dict>",
 def _observation(model: Any, log_theta: np.ndarray, rng: np.random.Generator,
                  ) -> tuple[np.ndarray, np.ndarray]:
     """Kernel scale and the noisy summaries of one oscillating run at ``log_theta``."""
-    from latentda.dynamics.lotka_volterra_ssa import summary_statistics
+    from latentda.dynamics.lotka_volterra_ssa import (
+        oscillating,
+        summary_scale,
+        summary_statistics,
+    )
 
-    def oscillating(traj: np.ndarray, capped: np.ndarray) -> np.ndarray:
-        return (traj[:, -1] > 0).all(axis=1) & ~capped
-
-    traj, capped, _ = model.simulate(log_theta, rng, 2000)
-    ok = oscillating(traj, capped)
-    if ok.sum() < 100:
-        raise CaseError(f"model.log_theta: only {int(ok.sum())} of 2000 runs keep both "
-                        f"species alive; choose rates with sustained oscillations")
-    S0 = summary_statistics(traj)[ok]
-    scale = 1.4826 * np.median(np.abs(S0 - np.median(S0, axis=0)), axis=0)
+    scale, n_ok = summary_scale(model, log_theta, rng, 2000)
+    if n_ok < 100:
+        raise CaseError(f"model.log_theta: only {n_ok} of 2000 runs keep both species alive; "
+                        f"choose rates with sustained oscillations")
     while True:
         tr, cp, _ = model.simulate(log_theta, rng)
         if oscillating(tr, cp)[0]:

@@ -77,3 +77,20 @@ def test_report_of_an_sbi_store_draws_the_posterior_marginals(tmp_path):
     assert "(sbi_posteriors.png)" in md and "| log_alpha |" in md and "nan" not in md
     png = (tmp_path / "rep" / "sbi_posteriors.png").read_bytes()
     assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 5000
+
+
+def test_oscillating_and_summary_scale():
+    from latentda.dynamics.lotka_volterra_ssa import (
+        TRUE_LOG_THETA,
+        StochasticLotkaVolterra,
+        oscillating,
+        summary_scale,
+    )
+
+    traj = np.ones((3, 5, 2))
+    traj[1, -1, 0] = 0  # predators died out
+    ok = oscillating(traj, np.array([False, False, True]))  # the third hit the event cap
+    assert ok.tolist() == [True, False, False]
+    scale, n_ok = summary_scale(StochasticLotkaVolterra(), TRUE_LOG_THETA,
+                                np.random.default_rng(0), 300)
+    assert scale.shape == (9,) and np.all(scale > 0) and 0 < n_ok <= 300

@@ -145,6 +145,11 @@ class Observation:
         """Whether ``R`` is diagonal (uncorrelated errors)."""
         return self._rinv_sqrt_diag is not None
 
+    @property
+    def rinv_sqrt(self) -> np.ndarray:
+        """``R^{-1/2}``: a vector ``(m,)`` for diagonal ``R``, else the symmetric ``(m, m)``."""
+        return self._rinv_sqrt_diag if self._rinv_sqrt_diag is not None else self._rinv_sqrt
+
     def whiten(self, Z: np.ndarray) -> np.ndarray:
         """Return ``Z @ R^{-1/2}`` for ``Z`` of shape ``(..., m)`` (symmetric square root)."""
         if self._rinv_sqrt_diag is not None:

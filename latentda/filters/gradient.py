@@ -133,16 +133,10 @@ class LaplaceAnalysis(EnsembleFilter):
         f64 = torch.float64
         xbar_t = torch.as_tensor(xbar, dtype=f64)
         S_t = torch.as_tensor(S, dtype=f64)
-        if obs.R_is_diagonal:
-            Wd = torch.as_tensor(obs._rinv_sqrt_diag, dtype=f64)
+        Wr = torch.as_tensor(obs.rinv_sqrt, dtype=f64)  # Z @ R^{-1/2}, as obs.whiten
 
-            def whiten(v: torch.Tensor) -> torch.Tensor:
-                return v * Wd
-        else:
-            Wm = torch.as_tensor(obs._rinv_sqrt, dtype=f64)
-
-            def whiten(v: torch.Tensor) -> torch.Tensor:
-                return v @ Wm
+        def whiten(v: torch.Tensor) -> torch.Tensor:
+            return v * Wr if Wr.ndim == 1 else v @ Wr
 
         h = obs.h_torch
 
@@ -195,9 +189,9 @@ class LaplaceAnalysis(EnsembleFilter):
         # sqrt(1 - beta)); J_e 1 = 0, so T 1 = 1 and the members' mean stays at the MAP.
         # Member i's anomaly sum_j T_ij (x_j - xbar) has w-coordinates
         # sqrt((N - 1) / (1 - beta)) (T_i - 1/N) on the ensemble columns.
-        Je = res.jacobian[:, :N] / np.sqrt(1.0 - self.beta)
-        _, sv, Vt = np.linalg.svd(Je, full_matrices=False)
-        T = np.eye(N) + (Vt.T * (1.0 / np.sqrt(1.0 + sv * sv) - 1.0)) @ Vt
+        from latentda.inference.gauss_newton import gauss_newton_inv_sqrt
+
+        T = gauss_newton_inv_sqrt(res.jacobian[:, :N] / np.sqrt(1.0 - self.beta))
         Wm = np.tile(res.w, (N, 1))
         Wm[:, :N] += np.sqrt((N - 1.0) / (1.0 - self.beta)) * (T - 1.0 / N)
         return Wm

@@ -57,7 +57,7 @@ from latentda._validate import check_float, check_int
 from latentda.autodiff import batch_jacobian
 
 __all__ = ["GaussNewtonResult", "HessianWarning", "LaplacePosterior", "floored_inv_sqrt",
-           "gauss_newton", "laplace_posterior"]
+           "gauss_newton", "gauss_newton_inv_sqrt", "laplace_posterior"]
 
 F64 = torch.float64
 EPS = float(np.finfo(np.float64).eps)
@@ -237,6 +237,18 @@ class LaplacePosterior:
         return m + S @ self.mean, L @ L.T
 
 
+def gauss_newton_inv_sqrt(J: np.ndarray) -> np.ndarray:
+    """``(I + J^T J)^{-1/2}`` (symmetric) for a whitened Jacobian ``J`` of shape ``(m, r)``.
+
+    With the thin SVD ``J = U diag(s) V^T``: ``I + V diag(1/sqrt(1 + s^2) - 1) V^T``
+    (never singular; its eigenvalues lie in ``(0, 1]``). The Laplace covariance's
+    square root, and the ETKF transform when ``J`` is the Jacobian along the
+    forecast anomalies.
+    """
+    _, s, Vt = np.linalg.svd(J, full_matrices=False)
+    return np.eye(J.shape[1]) + (Vt.T * (1.0 / np.sqrt(1.0 + s * s) - 1.0)) @ Vt
+
+
 def floored_inv_sqrt(H: np.ndarray, floor: float) -> tuple[np.ndarray, float]:
     """Symmetric ``H^{-1/2}`` with eigenvalues floored at ``floor * max(1, lambda_max)``.
 
@@ -277,13 +289,8 @@ def laplace_posterior(result: GaussNewtonResult, *, hessian: str = "gauss_newton
     """
     floor = check_float("floor", floor, positive=True)
     J = result.jacobian
-    r = result.w.size
     if hessian == "gauss_newton":
-        # H = I + J^T J = I + V diag(s^2) V^T: H^{-1/2} = I + V diag(1/sqrt(1+s^2) - 1) V^T
-        _, s, Vt = np.linalg.svd(J, full_matrices=False)
-        coef = 1.0 / np.sqrt(1.0 + s * s) - 1.0
-        sqrt_cov = np.eye(r) + (Vt.T * coef) @ Vt
-        return LaplacePosterior(result.w.copy(), sqrt_cov, 0.0, hessian)
+        return LaplacePosterior(result.w.copy(), gauss_newton_inv_sqrt(J), 0.0, hessian)
     if hessian != "exact":
         raise ValueError(f"hessian must be 'gauss_newton' or 'exact' (got {hessian!r})")
     if F is None or yw is None:

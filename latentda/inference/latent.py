@@ -24,7 +24,8 @@ off-manifold residual ``eta ~ N(mu_eta, Gamma)``, its ``residual_mean`` and
 - :func:`flow_map` and :func:`flow_mcmc` — inference directly in state space
   with a prior whose density ``log p(x)`` is tractable (a RealNVP flow, the
   linear-Gaussian prior): the MAP by L-BFGS and MALA/HMC on
-  ``log p(x) + log p(y | x)``.
+  ``log p(x) + log p(y | x)``, and :func:`flow_laplace`, the Laplace approximation
+  at that MAP.
 
 With a linear ``G`` and a linear ``A`` the MAP, the latent Laplace approximation
 and the variable-space Laplace analysis are the exact Gaussian posterior.
@@ -53,13 +54,16 @@ from latentda.autodiff import (
 from latentda.inference.gauss_newton import (
     GaussNewtonResult,
     LaplacePosterior,
+    floored_inv_sqrt,
     gauss_newton,
+    gauss_newton_inv_sqrt,
     laplace_posterior,
 )
 from latentda.observations import ObservationOperator
 
-__all__ = ["FlowMAP", "LatentMAP", "LaplaceResult", "VariableLaplaceResult", "flow_map",
-           "flow_mcmc", "latent_laplace", "latent_map", "latent_mcmc", "variable_space_laplace"]
+__all__ = ["FlowMAP", "LatentMAP", "LaplaceResult", "VariableLaplaceResult", "flow_laplace",
+           "flow_map", "flow_mcmc", "latent_laplace", "latent_map", "latent_mcmc",
+           "variable_space_laplace"]
 
 F64 = torch.float64
 #: what to use when the observation operator cannot be differentiated
@@ -326,12 +330,9 @@ def variable_space_laplace(prior: Any, operator: ObservationOperator, y: np.ndar
         h_mu = h(mu_t)[0].cpu().numpy()
     Y = _whiten(A @ L, W)
     d = _whiten(y - h_mu, W)
-    res = GaussNewtonResult(w=np.zeros(L.shape[1]), cost=0.5 * float(d @ d),
-                            misfit=float(d @ d), jacobian=Y, iterations=0, converged=False,
-                            grad_norm=float(np.linalg.norm(Y.T @ d)))
-    post = laplace_posterior(res)
-    w_a = post.cov @ (Y.T @ d)
-    Lp = L @ post.sqrt_cov
+    Hs = gauss_newton_inv_sqrt(Y)  # (I + Y^T Y)^{-1/2}
+    w_a = Hs @ (Hs @ (Y.T @ d))
+    Lp = L @ Hs
     return VariableLaplaceResult(x_mean=mu + L @ w_a, x_cov=Lp @ Lp.T, prior_mean=mu,
                                  prior_cov=L @ L.T, z0=z0)
 
@@ -368,11 +369,7 @@ def latent_mcmc(prior: Any, operator: ObservationOperator, y: np.ndarray, R: Any
     if precondition or z_init is None:
         res = gauss_newton(F, yw_np, k, jacobian=jac, dtype=prior.dtype, device=prior.device)
         post = laplace_posterior(res)
-    Z0 = post.draw(chains, rng, center=False) if z_init is None else check_ensemble(
-        "z_init", z_init, k)
-    if Z0.shape[0] != chains:
-        raise ValueError(f"z_init must have shape (chains, k) = ({chains}, {k}) "
-                         f"(got {Z0.shape})")
+    Z0 = post.draw(chains, rng, center=False) if z_init is None else z_init
 
     def log_post(z: torch.Tensor) -> torch.Tensor:
         r = yw - F(z)
@@ -486,6 +483,29 @@ def flow_map(prior: Any, operator: ObservationOperator, y: np.ndarray, R: Any, *
                                   or iters < steps), iterations=iters)
 
 
+def flow_laplace(prior: Any, operator: ObservationOperator, y: np.ndarray, R: Any, *,
+                 x0: np.ndarray | None = None, steps: int = 200) -> LaplacePosterior:
+    """The Laplace approximation in state space at the :func:`flow_map` MAP.
+
+    The covariance is the inverse autograd Hessian of ``-log p(x | y)``, its
+    eigenvalues floored (``damping`` > 0) where it is not positive definite.
+
+    Returns
+    -------
+    LaplacePosterior
+        ``mean`` the MAP state ``(n,)``, ``sqrt_cov`` the symmetric square root of
+        the covariance, ``cov`` the covariance.
+    """
+    y, W, h, _ = _setup(prior, operator, y, R, "flow_laplace", "forward")
+    xm = torch.as_tensor(flow_map(prior, operator, y, R, x0=x0, steps=steps).x, dtype=F64,
+                         device=prior.device)
+    log_post = _state_log_post(prior, h, W, y)
+    with torch.enable_grad():
+        H = torch.autograd.functional.hessian(lambda x: -log_post(x[None])[0], xm)
+    sqrt_cov, damping = floored_inv_sqrt(H.cpu().numpy(), 1e-8)
+    return LaplacePosterior(xm.cpu().numpy(), sqrt_cov, damping, "exact")
+
+
 def flow_mcmc(prior: Any, operator: ObservationOperator, y: np.ndarray, R: Any, *,
               sampler: str = "mala", chains: int = 32, steps: int = 400,
               burn_in: int | None = None, x_init: np.ndarray | None = None,
@@ -502,7 +522,6 @@ def flow_mcmc(prior: Any, operator: ObservationOperator, y: np.ndarray, R: Any, 
     latentda.inference.mcmc.MCMCResult
         Samples of ``x``, shape ``(chains, kept, n)``.
     """
-    from latentda.inference.gauss_newton import floored_inv_sqrt
     from latentda.inference.mcmc import hmc, mala
 
     y, W, h, _ = _setup(prior, operator, y, R, "flow_mcmc", "forward")
@@ -513,12 +532,6 @@ def flow_mcmc(prior: Any, operator: ObservationOperator, y: np.ndarray, R: Any, 
     chains = check_int("chains", chains, min_value=1)
     X0 = prior.sample(chains, seed=seed) if x_init is None else x_init
     log_post = _state_log_post(prior, h, W, y)
-    post = None
-    if precondition:
-        xm = torch.as_tensor(flow_map(prior, operator, y, R).x, dtype=F64, device=prior.device)
-        with torch.enable_grad():
-            H = torch.autograd.functional.hessian(lambda x: -log_post(x[None])[0], xm)
-        sqrt_cov, damping = floored_inv_sqrt(H.cpu().numpy(), 1e-8)
-        post = LaplacePosterior(xm.cpu().numpy(), sqrt_cov, damping, "exact")
+    post = flow_laplace(prior, operator, y, R) if precondition else None
     return _run_sampler(sampler, mala, hmc, log_post, X0, post, precondition, steps, burn_in,
                         seed, prior.device, sampler_kw)
