@@ -81,7 +81,8 @@ def _state_background(case: cfg.Case, model: Dynamics) -> Background:
                             f"{MAX_BACKGROUND_STATE}); analyse in a latent space instead")
     rng = np.random.default_rng([case.seed, 7])
     if isinstance(case.model, cfg.ShallowWaterConfig):
-        X = model.sample_climatology(CLIMATOLOGY_STATES, rng, family=case.model.init_family)
+        X = model.sample_climatology(CLIMATOLOGY_STATES, rng, family=case.model.init_family,
+                                     spinup_steps=case.spinup_steps)
     elif isinstance(case.model, cfg.LotkaVolterraConfig):
         X = model.random_state(CLIMATOLOGY_STATES, rng)
     else:

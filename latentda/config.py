@@ -163,7 +163,7 @@ _METHOD_FIELDS: dict[str, tuple[str, ...]] = {
     "shrinkage": _PF_METHODS, "temper": _PF_METHODS, "temper_ess": _PF_METHODS,
     "lag": ("enks", "pf_smoother"), "analysis": ("enks",),
     "beta": ("hybrid_etkf", *_GRAD_METHODS), "static_var": ("hybrid_etkf", *_GRAD_METHODS),
-    "iterations": ("laplace", "mcmc"), "hessian": _GRAD_METHODS,
+    "iterations": ("laplace", "mcmc"), "starts": ("laplace", "mcmc"), "hessian": _GRAD_METHODS,
     "sampler": ("mcmc",), "mcmc_steps": ("mcmc",), "n_leapfrog": ("mcmc",),
 }
 
@@ -207,6 +207,9 @@ class FilterConfig(_Strict):
                                      "climatological covariance in state space")
     iterations: int = Field(10, ge=1, description="laplace, mcmc: Gauss-Newton iterations of "
                             "the MAP")
+    starts: int = Field(0, ge=0, description="laplace, mcmc: prior draws at which the MAP "
+                        "cost is evaluated; the search starts from the lowest (0: from the "
+                        "prior mean; a global search for multimodal posteriors)")
     hessian: Literal["gauss_newton", "exact"] = Field(
         "gauss_newton", description="laplace, variable_laplace, mcmc: Hessian of the Laplace "
         "approximation (exact: autograd, damped when indefinite)")
@@ -431,7 +434,8 @@ class Case(_Strict):
     filter: FilterConfig = Field(FilterConfig(), description="analysis method")
     cycles: int = Field(..., ge=1, description="number of analysis cycles")
     burn_in: int = Field(0, ge=0, description="cycles left out of the summary")
-    spinup_steps: int | None = Field(None, ge=0, description="truth spin-up (model default)")
+    spinup_steps: int | None = Field(None, ge=0, description="truth spin-up (model default); "
+                                      "shallow water: also the climatological ensemble's")
     output: OutputConfig = Field(OutputConfig(), description="store and what it holds")
     divergence: DivergenceConfig = Field(DivergenceConfig(),
                                          description="bounds that stop a diverged run")

@@ -100,8 +100,8 @@ def build_filter(fc: cfg.FilterConfig) -> EnsembleFilter:
         if fc.method == "variable_laplace":
             return VariableLaplace(**kw)
         if fc.method == "laplace":
-            return LaplaceAnalysis(iterations=fc.iterations, **kw)
-        return MCMCAnalysis(iterations=fc.iterations, sampler=fc.sampler,
+            return LaplaceAnalysis(iterations=fc.iterations, starts=fc.starts, **kw)
+        return MCMCAnalysis(iterations=fc.iterations, starts=fc.starts, sampler=fc.sampler,
                             steps=fc.mcmc_steps, n_leapfrog=fc.n_leapfrog, **kw)
     if fc.method in ("pf", "pf_smoother"):
         from latentda.filters.particle import ParticleFilter
@@ -142,7 +142,9 @@ def _initial_ensemble(case: cfg.Case, model: Dynamics, truth0: np.ndarray | None
                                 "truth with observations.file); use climatology")
         return truth0[None, :] + ec.perturbation_std * rng.standard_normal((N, model.state_dim))
     if isinstance(mc, cfg.ShallowWaterConfig):
-        return model.sample_climatology(N, rng, family=mc.init_family)
+        # the same family and time since release as the truth
+        return model.sample_climatology(N, rng, family=mc.init_family,
+                                        spinup_steps=case.spinup_steps)
     if isinstance(mc, cfg.LotkaVolterraConfig):
         return model.random_state(N, rng)
     return model.climatology(N, rng)

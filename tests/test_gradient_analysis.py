@@ -210,3 +210,31 @@ def test_mcmc_analysis_samples_the_kalman_posterior():
         assert np.all(np.abs(Ea.mean(0) - xa) < 5 * se), sampler
         np.testing.assert_allclose(np.diag(np.cov(Ea, rowvar=False)), np.diag(Pa), rtol=0.25)
         assert 0.3 < res.info["accept_rate"] <= 1.0 and res.info["mcmc_ess"] > 1.0
+
+
+def test_laplace_starts_find_the_global_map_that_the_prior_mean_cannot_reach():
+    """A narrow feature detector h(x) = exp(-(x - 3)^2 / 0.1) observed as 1: from the prior
+    mean (x ~ 0, where h and its gradient vanish) Gauss-Newton cannot move; with 200 prior
+    draws as starting points the analysis mean is the global MAP found on a fine grid."""
+    rng = np.random.default_rng(11)
+    E = rng.normal(0.0, 2.0, size=(40, 1))
+
+    def h(X):
+        return np.exp(-((X - 3.0) ** 2) / 0.1)
+
+    def h_t(X):
+        return torch.exp(-((X - 3.0) ** 2) / 0.1)
+
+    obs = Observation(y=np.array([1.0]), R=np.array([[0.01]]), h=h, h_torch=h_t)
+    m, P = E.mean(), E.var(ddof=1)
+    x = np.linspace(-10, 10, 2_000_001)
+    cost = 0.5 * (x - m) ** 2 / P + 0.5 * (1.0 - h(x)) ** 2 / 0.01
+    x_map = x[np.argmin(cost)]
+    assert abs(x_map - 3.0) < 0.2
+    stuck = LaplaceAnalysis(iterations=20).analyse(E, obs, np.random.default_rng(0))
+    assert abs(stuck.E.mean() - m) < 1e-6          # no gradient at the prior mean
+    found = LaplaceAnalysis(iterations=20, starts=200).analyse(E, obs,
+                                                              np.random.default_rng(0))
+    assert found.E.mean() == pytest.approx(x_map, abs=1e-5)
+    with pytest.raises(ValueError, match="starts"):
+        LaplaceAnalysis(starts=-1).analyse(E, obs, np.random.default_rng(0))

@@ -77,12 +77,20 @@ class LaplaceAnalysis(EnsembleFilter):
         and ``J_e`` the Jacobian along the forecast anomalies at the MAP (the
         ETKF transform linearized at the MAP, as in the iterative EnKF); with
         ``beta = 0`` it is exactly the Laplace covariance, without sampling noise.
+    starts : int
+        Extra starting points of the MAP search (0: start at the prior mean only). The
+        cost is evaluated at ``starts`` draws of the (hybrid) prior; when the lowest of
+        them costs less than the prior mean, a second Gauss–Newton search starts there
+        and the lower of the two MAPs is kept: a global search for multimodal
+        posteriors, e.g. the position of a feature that no member has near the truth.
+        Needs an ``rng``.
     inflation : float
         Post-analysis multiplicative inflation of the anomalies (>= 1).
     """
 
     beta: float = 0.0
     iterations: int = 10
+    starts: int = 0
     hessian: str = "gauss_newton"
     jacobian: str = "auto"
     tol: float = 1e-6
@@ -93,7 +101,7 @@ class LaplaceAnalysis(EnsembleFilter):
     @property
     def stochastic(self) -> bool:  # type: ignore[override]
         """Random draws need an ``rng`` (``anomalies="draws"``, and every MCMC analysis)."""
-        return self.anomalies == "draws"
+        return self.anomalies == "draws" or self.starts > 0
 
     @property
     def needs_background(self) -> bool:  # type: ignore[override]
@@ -107,6 +115,7 @@ class LaplaceAnalysis(EnsembleFilter):
             raise ValueError("beta must be < 1 for a Laplace/MCMC analysis: the ensemble "
                              "covariance must keep a share (use beta in [0, 1))")
         self.iterations = check_int("iterations", self.iterations, min_value=1)
+        self.starts = check_int("starts", self.starts, min_value=0)
         self.tol = check_float("tol", self.tol, positive=True)
         if self.hessian not in HESSIANS:
             raise ValueError(f"hessian must be one of {', '.join(HESSIANS)} "
@@ -150,7 +159,28 @@ class LaplaceAnalysis(EnsembleFilter):
         yw = obs.whiten(obs.y)
         return xbar, S, F, yw, jac, dtype
 
+    def _start(self, F: Any, yw: np.ndarray, r: int, rng: np.random.Generator | None
+               ) -> np.ndarray | None:
+        """The lowest-cost of ``starts`` prior draws, None if ``w = 0`` costs less."""
+        if self.starts == 0:
+            return None
+        import torch
+
+        if rng is None:
+            raise ValueError("starts > 0 draws random starting points: pass an rng")
+        W = np.vstack([np.zeros((1, r)), rng.standard_normal((self.starts, r))])
+        y = torch.as_tensor(yw, dtype=torch.float64)
+        cost = np.empty(len(W))
+        with torch.no_grad():
+            for i in range(0, len(W), 256):
+                w = torch.as_tensor(W[i:i + 256], dtype=torch.float64)
+                cost[i:i + 256] = (0.5 * (w * w).sum(1)
+                                   + 0.5 * ((y - F(w).double()) ** 2).sum(1)).numpy()
+        best = int(np.nanargmin(cost))
+        return None if best == 0 else W[best]
+
     def _laplace(self, E: np.ndarray, obs: Observation, background: Background | None,
+                 rng: np.random.Generator | None = None,
                  ) -> tuple[Any, Any, np.ndarray, np.ndarray, Any, np.ndarray, dict[str, float]]:
         import warnings
 
@@ -159,6 +189,11 @@ class LaplaceAnalysis(EnsembleFilter):
         xbar, S, F, yw, jac, dtype = self._problem(E, obs, background)
         res = gauss_newton(F, yw, S.shape[1], steps=self.iterations, tol=self.tol,
                            jacobian=jac, dtype=dtype)
+        w0 = self._start(F, yw, S.shape[1], rng)
+        if w0 is not None:  # a second search from the best prior draw; keep the lower MAP
+            alt = gauss_newton(F, yw, S.shape[1], w0=w0, steps=self.iterations,
+                               tol=self.tol, jacobian=jac, dtype=dtype)
+            res = alt if alt.cost < res.cost else res
         with warnings.catch_warnings():  # the damping is reported in info instead
             warnings.simplefilter("ignore")
             post = laplace_posterior(res, hessian=self.hessian, F=F, yw=yw)
@@ -177,7 +212,7 @@ class LaplaceAnalysis(EnsembleFilter):
                  rng: np.random.Generator | None, geometry: Geometry | None,
                  background: Background | None = None,
                  ) -> tuple[np.ndarray, dict[str, float]]:
-        res, post, xbar, S, _, _, info = self._laplace(E, obs, background)
+        res, post, xbar, S, _, _, info = self._laplace(E, obs, background, rng)
         Wm = self._members(res, post, E.shape[0], rng)
         return self._spread(xbar + Wm @ S.T), {"inflation": self.inflation, **info}
 
@@ -273,7 +308,7 @@ class MCMCAnalysis(LaplaceAnalysis):
 
         from latentda.inference.mcmc import hmc, mala
 
-        res, post, xbar, S, F, yw, info = self._laplace(E, obs, background)
+        res, post, xbar, S, F, yw, info = self._laplace(E, obs, background, rng)
         N = E.shape[0]
         W0 = torch.as_tensor(self._members(res, post, N, rng))
         yw_t = torch.as_tensor(yw)

@@ -6,6 +6,9 @@
   stride-2 circular convolutions in the encoder and nearest up-sampling +
   circular convolution in the decoder (transposed convolutions cannot pad
   circularly);
+- ``shift2d``: ``conv2d`` networks for the *centred* fields of a point-symmetric
+  pattern, with its position as an exact Fourier shift (:mod:`latentda.priors.shift`;
+  the single-bump shallow-water family);
 - ``mlp``: small multilayer perceptrons (Lotka–Volterra);
 - ``linear``: one affine map (analytic references in tests).
 
@@ -21,7 +24,9 @@ from typing import Any
 import torch
 from torch import nn
 
-ARCH_KINDS = ("linear", "mlp", "conv1d", "conv2d")
+from latentda.priors.shift import ShiftDecoder, ShiftEncoder, check_shift_arch
+
+ARCH_KINDS = ("linear", "mlp", "conv1d", "conv2d", "shift2d")
 
 
 def check_arch(arch: dict[str, Any], state_dim: int) -> dict[str, Any]:
@@ -45,12 +50,14 @@ def check_arch(arch: dict[str, Any], state_dim: int) -> dict[str, Any]:
     elif kind == "conv1d":
         out = {"kind": "conv1d", "channels": 32, "blocks": 2, "kernel": 5, "linear_path": True
                } | arch
-    elif kind == "conv2d":
-        out = {"kind": "conv2d", "fields": 3, "channels": [16, 32, 64], "kernel": 3,
+    elif kind in ("conv2d", "shift2d"):
+        out = {"kind": kind, "fields": 3, "channels": [16, 32, 64], "kernel": 3,
                "linear_path": False} | arch
+        if kind == "shift2d":
+            out = check_shift_arch(out)
         for key in ("ny", "nx"):
             if key not in out:
-                raise ValueError(f"arch.{key} is required for conv2d (the grid shape)")
+                raise ValueError(f"arch.{key} is required for {kind} (the grid shape)")
         F, ny, nx = int(out["fields"]), int(out["ny"]), int(out["nx"])
         if F * ny * nx != state_dim:
             raise ValueError(f"arch fields*ny*nx = {F}*{ny}*{nx} = {F * ny * nx} must equal "
@@ -197,6 +204,18 @@ def encoder_net(arch: dict[str, Any], n: int, out: int) -> nn.Module:
     if a["kind"] == "conv1d":
         return Conv1dEncoder(n, out, int(a["channels"]), int(a["blocks"]), int(a["kernel"]),
                              bool(a["linear_path"]))
+    if a["kind"] == "shift2d":
+        k = out // 2
+        if k < 5:
+            raise ValueError(f"latent_dim must be >= 5 for arch.kind shift2d (4 position "
+                             f"coordinates + content; got {k})")
+        return ShiftEncoder(k, n, _conv2d_encoder(a, n, 2 * (k - 4)), int(a["fields"]),
+                            int(a["ny"]), int(a["nx"]), a["sign"], a["stagger"],
+                            a.get("pv"))
+    return _conv2d_encoder(a, n, out)
+
+
+def _conv2d_encoder(a: dict[str, Any], n: int, out: int) -> Conv2dEncoder:
     return Conv2dEncoder(n, out, int(a["fields"]), int(a["ny"]), int(a["nx"]),
                          [int(c) for c in a["channels"]], int(a["kernel"]),
                          bool(a["linear_path"]))
@@ -212,6 +231,16 @@ def decoder_net(arch: dict[str, Any], k: int, n: int) -> nn.Module:
     if a["kind"] == "conv1d":
         return Conv1dDecoder(k, n, int(a["channels"]), int(a["blocks"]), int(a["kernel"]),
                              bool(a["linear_path"]))
+    if a["kind"] == "shift2d":
+        if k < 5:
+            raise ValueError(f"latent_dim must be >= 5 for arch.kind shift2d (4 position "
+                             f"coordinates + content; got {k})")
+        return ShiftDecoder(k, n, _conv2d_decoder(a, k - 4, n), int(a["fields"]),
+                            int(a["ny"]), int(a["nx"]))
+    return _conv2d_decoder(a, k, n)
+
+
+def _conv2d_decoder(a: dict[str, Any], k: int, n: int) -> Conv2dDecoder:
     return Conv2dDecoder(k, n, int(a["fields"]), int(a["ny"]), int(a["nx"]),
                          [int(c) for c in a["channels"]], int(a["kernel"]),
                          bool(a["linear_path"]))

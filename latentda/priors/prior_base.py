@@ -44,6 +44,10 @@ FULL_RESIDUAL_MAX = 4096
 FAMILIES: dict[str, type[Prior]] = {}
 
 
+#: largest number of state values (rows x state_dim) pushed through a network at once by
+#: the numpy wrappers; larger batches are split (memory, not results, changes)
+MAX_BATCH_VALUES = 2**22
+
 def register(cls: type[Prior]) -> type[Prior]:
     """Class decorator: make a prior family loadable by name."""
     FAMILIES[cls.family] = cls
@@ -255,27 +259,39 @@ class Prior(torch.nn.Module, ABC):
     def _from(t: torch.Tensor) -> np.ndarray:
         return t.detach().to("cpu", torch.float64).numpy()
 
+    def _batched(self, fn: Any, a: np.ndarray, width: int, name: str, per_row: int = 1
+                 ) -> np.ndarray:
+        """``fn`` on ``a`` (validated), in chunks of at most :data:`MAX_BATCH_VALUES` state
+        values (``per_row`` states per row): one device transfer in and one out for any
+        ensemble-sized batch, bounded memory for climatology-sized ones."""
+        t = self._to(a, width, name)
+        chunk = max(1, MAX_BATCH_VALUES // (self.state_dim * per_row))
+        if t.shape[0] <= chunk:
+            return self._from(fn(t))
+        return np.concatenate([self._from(fn(t[i:i + chunk]))
+                               for i in range(0, t.shape[0], chunk)], axis=0)
+
     @torch.no_grad()
     def decode(self, Z: np.ndarray) -> np.ndarray:
         """``X = G(Z)`` for a batch of codes ``(N, k)``; float64 ``(N, n)``."""
-        return self._from(self.decode_t(self._to(Z, self.latent_dim, "Z")))
+        return self._batched(self.decode_t, Z, self.latent_dim, "Z")
 
     @torch.no_grad()
     def encode(self, X: np.ndarray) -> np.ndarray:
         """Codes ``(N, k)`` of a batch of states ``(N, n)``."""
-        return self._from(self.encode_t(self._to(X, self.state_dim, "X")))
+        return self._batched(self.encode_t, X, self.state_dim, "X")
 
     @torch.no_grad()
     def log_prob(self, X: np.ndarray) -> np.ndarray:
         """``log p(x)`` per state, shape ``(N,)`` (tractable families only)."""
-        return self._from(self.log_prob_t(self._to(X, self.state_dim, "X")))
+        return self._batched(self.log_prob_t, X, self.state_dim, "X")
 
     @torch.no_grad()
     def sample(self, n: int, seed: int = 0) -> np.ndarray:
         """``n`` states ``G(z)`` with ``z ~ N(0, I)`` from a seeded generator."""
         g = torch.Generator(device="cpu").manual_seed(int(seed))
         z = torch.randn(int(n), self.latent_dim, generator=g, dtype=self.dtype)
-        return self._from(self.decode_t(z.to(self.device)))
+        return self._batched(self.decode_t, z.numpy(), self.latent_dim, "Z")
 
     def __repr__(self) -> str:
         return (f"{type(self).__name__}(state_dim={self.state_dim}, "

@@ -76,6 +76,8 @@ class VAEPrior(Prior):
         self._kl_weight = self.beta
         self.encoder = encoder_net(self.arch, state_dim, 2 * latent_dim)
         self.decoder = decoder_net(self.arch, latent_dim, state_dim)
+        if hasattr(self.encoder, "attach"):   # shift2d: candidate centres need the decoder
+            self.encoder.attach(self.decoder, self)
         self.dec_logvar = nn.Parameter(torch.full((1 if decoder_var == "scalar" else state_dim,),
                                                   -2.0))
         self.to(self.dtype)
@@ -147,7 +149,8 @@ class VAEPrior(Prior):
     def elbo(self, X: np.ndarray, n_samples: int = 1, seed: int = 0) -> np.ndarray:
         """ELBO per state ``(N,)`` (nats, physical units), ``n_samples`` MC draws."""
         g = torch.Generator().manual_seed(int(seed))
-        return self._from(self.elbo_t(self._to(X, self.state_dim, "X"), n_samples, g))
+        return self._batched(lambda t: self.elbo_t(t, n_samples, g), X, self.state_dim, "X",
+                             int(n_samples))
 
     @torch.no_grad()
     def iwae(self, X: np.ndarray, K: int = 50, seed: int = 0) -> np.ndarray:
@@ -155,13 +158,14 @@ class VAEPrior(Prior):
         if int(K) < 1:
             raise ValueError(f"K must be >= 1 (got {K})")
         g = torch.Generator().manual_seed(int(seed))
-        return self._from(self.iwae_t(self._to(X, self.state_dim, "X"), int(K), g))
+        return self._batched(lambda t: self.iwae_t(t, int(K), g), X, self.state_dim, "X",
+                             int(K))
 
     @torch.no_grad()
     def kl_per_dim(self, X: np.ndarray) -> np.ndarray:
         """Average ``KL(q(z_j|x) || N(0,1))`` per latent coordinate over ``X``, ``(k,)``."""
-        mu, logvar = self.posterior_t(self._to(X, self.state_dim, "X"))
-        return self._from(self._kl(mu, logvar).mean(0))
+        kl = self._batched(lambda t: self._kl(*self.posterior_t(t)), X, self.state_dim, "X")
+        return kl.mean(0)
 
     @torch.no_grad()
     def active_units(self, X: np.ndarray, threshold: float = 0.01) -> int:

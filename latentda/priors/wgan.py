@@ -153,7 +153,12 @@ class WGANPrior(Prior):
             raise ValueError(f"dtype must be 'float32' or 'float64' (got {dtype!r})")
         super().__init__(state_dim, latent_dim, getattr(torch, dtype))
         self.arch = check_arch(arch or {"kind": "mlp"}, state_dim)
-        self.critic_arch = check_arch(critic_arch or self.arch, state_dim)
+        critic_arch = critic_arch or self.arch
+        if critic_arch.get("kind") == "shift2d":
+            critic_arch = {**critic_arch, "kind": "conv2d"}   # a critic has no position code
+            for key in ("sign", "stagger", "pv"):
+                critic_arch.pop(key, None)
+        self.critic_arch = check_arch(critic_arch, state_dim)
         self.n_critic = _check_int("n_critic", n_critic, 1)
         self.gp_weight = _check_float("gp_weight", gp_weight, 0.0, strict=False)
         self.drift = _check_float("drift", drift, 0.0, strict=False)
