@@ -208,8 +208,9 @@ class FilterConfig(_Strict):
     iterations: int = Field(10, ge=1, description="laplace, mcmc: Gauss-Newton iterations of "
                             "the MAP")
     starts: int = Field(0, ge=0, description="laplace, mcmc: prior draws at which the MAP "
-                        "cost is evaluated; the search starts from the lowest (0: from the "
-                        "prior mean; a global search for multimodal posteriors)")
+                        "cost is evaluated; a second search starts from the lowest when it "
+                        "beats the prior mean, and the lower MAP is kept (0: the prior mean "
+                        "only; a global search for multimodal posteriors)")
     hessian: Literal["gauss_newton", "exact"] = Field(
         "gauss_newton", description="laplace, variable_laplace, mcmc: Hessian of the Laplace "
         "approximation (exact: autograd, damped when indefinite)")

@@ -167,3 +167,14 @@ def test_shift2d_needs_room_for_the_position():
     with pytest.raises(ValueError, match="latent_dim"):
         VAEPrior(3 * 16 * 16, 4, {"kind": "shift2d", "ny": 16, "nx": 16, "fields": 3,
                                   "channels": [4]})
+
+
+def test_wgan_critic_of_a_shift2d_generator_is_a_plain_conv2d():
+    """A critic has no position code: it gets the conv2d network of the same grid."""
+    from latentda.priors.wgan import WGANPrior
+
+    arch = {"kind": "shift2d", "ny": 16, "nx": 16, "fields": 3, "channels": [4]}
+    p = WGANPrior(3 * 16 * 16, 6, arch=arch)
+    assert p.critic_arch["kind"] == "conv2d" and "sign" not in p.critic_arch
+    x = torch.randn(2, 3 * 16 * 16)
+    assert p.critic(x.numpy()).shape == (2,)

@@ -24,7 +24,12 @@ from typing import Any
 import torch
 from torch import nn
 
-from latentda.priors.shift import ShiftDecoder, ShiftEncoder, check_shift_arch
+from latentda.priors.shift import (
+    ShiftDecoder,
+    ShiftEncoder,
+    check_shift_arch,
+    check_shift_latent,
+)
 
 ARCH_KINDS = ("linear", "mlp", "conv1d", "conv2d", "shift2d")
 
@@ -206,9 +211,7 @@ def encoder_net(arch: dict[str, Any], n: int, out: int) -> nn.Module:
                              bool(a["linear_path"]))
     if a["kind"] == "shift2d":
         k = out // 2
-        if k < 5:
-            raise ValueError(f"latent_dim must be >= 5 for arch.kind shift2d (4 position "
-                             f"coordinates + content; got {k})")
+        check_shift_latent(k)  # before the content network is sized by it
         return ShiftEncoder(k, n, _conv2d_encoder(a, n, 2 * (k - 4)), int(a["fields"]),
                             int(a["ny"]), int(a["nx"]), a["sign"], a["stagger"],
                             a.get("pv"))
@@ -232,9 +235,7 @@ def decoder_net(arch: dict[str, Any], k: int, n: int) -> nn.Module:
         return Conv1dDecoder(k, n, int(a["channels"]), int(a["blocks"]), int(a["kernel"]),
                              bool(a["linear_path"]))
     if a["kind"] == "shift2d":
-        if k < 5:
-            raise ValueError(f"latent_dim must be >= 5 for arch.kind shift2d (4 position "
-                             f"coordinates + content; got {k})")
+        check_shift_latent(k)
         return ShiftDecoder(k, n, _conv2d_decoder(a, k - 4, n), int(a["fields"]),
                             int(a["ny"]), int(a["nx"]))
     return _conv2d_decoder(a, k, n)

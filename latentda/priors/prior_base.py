@@ -43,10 +43,10 @@ FULL_RESIDUAL_MAX = 4096
 #: family name -> class, filled by :func:`register`
 FAMILIES: dict[str, type[Prior]] = {}
 
-
 #: largest number of state values (rows x state_dim) pushed through a network at once by
 #: the numpy wrappers; larger batches are split (memory, not results, changes)
 MAX_BATCH_VALUES = 2**22
+
 
 def register(cls: type[Prior]) -> type[Prior]:
     """Class decorator: make a prior family loadable by name."""

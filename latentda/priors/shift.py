@@ -120,6 +120,13 @@ def symmetry_centre(u: torch.Tensor, sign: list[float], stagger: list[list[float
     return sx % nx, sy % ny
 
 
+def check_shift_latent(k: int) -> None:
+    """``shift2d`` needs 4 position coordinates and at least one content coordinate."""
+    if k < 5:
+        raise ValueError(f"latent_dim must be >= 5 for arch.kind shift2d (4 position "
+                         f"coordinates + content; got {k})")
+
+
 def _angles(z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return torch.atan2(z[:, 1], z[:, 0]), torch.atan2(z[:, 3], z[:, 2])
 
@@ -130,6 +137,7 @@ class ShiftDecoder(nn.Module):
     def __init__(self, k: int, n: int, content: nn.Module, fields: int, ny: int, nx: int
                  ) -> None:
         super().__init__()
+        check_shift_latent(k)
         self.k, self.shape = k, (fields, ny, nx)
         self.content = content
 
@@ -162,9 +170,7 @@ class ShiftEncoder(nn.Module):
                  sign: list[float], stagger: list[list[float]],
                  pv: dict[str, float] | None = None) -> None:
         super().__init__()
-        if k < 5:
-            raise ValueError(f"latent_dim must be >= 5 for arch.kind shift2d (4 position "
-                             f"coordinates + content; got {k})")
+        check_shift_latent(k)
         self.k, self.shape = k, (fields, ny, nx)
         self.sign = [float(s) for s in sign]
         self.stagger = [[float(v) for v in o] for o in stagger]
