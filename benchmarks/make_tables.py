@@ -24,6 +24,8 @@ FLOORS: dict[str, tuple[str, str, float]] = {
     "l96_flow": ("nll_gain_over_gaussian", ">=", 5.0),
     "sw_bumps_vae_k16": ("recon_rel_error", "<=", 0.02),
     "sw_bump_shift_k16": ("recon_rel_error", "<=", 0.02),
+    "sw_bump_basis_k16": ("recon_rel_error", "<=", 0.02),
+    "sw_bumps_basis_k16": ("recon_rel_error", "<=", 0.02),
     "sw_vortex_vae_k64": ("recon_rel_error", "<=", 0.05),
     "lv_flow": ("sample_moment_error", "<=", 0.05),
 }

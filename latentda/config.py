@@ -163,7 +163,8 @@ _METHOD_FIELDS: dict[str, tuple[str, ...]] = {
     "shrinkage": _PF_METHODS, "temper": _PF_METHODS, "temper_ess": _PF_METHODS,
     "lag": ("enks", "pf_smoother"), "analysis": ("enks",),
     "beta": ("hybrid_etkf", *_GRAD_METHODS), "static_var": ("hybrid_etkf", *_GRAD_METHODS),
-    "iterations": ("laplace", "mcmc"), "starts": ("laplace", "mcmc"), "hessian": _GRAD_METHODS,
+    "iterations": ("laplace", "mcmc"), "starts": ("laplace", "mcmc"),
+    "gate": ("laplace", "mcmc"), "hessian": _GRAD_METHODS,
     "sampler": ("mcmc",), "mcmc_steps": ("mcmc",), "n_leapfrog": ("mcmc",),
 }
 
@@ -211,6 +212,11 @@ class FilterConfig(_Strict):
                         "cost is evaluated; a second search starts from the lowest when it "
                         "beats the prior mean, and the lower MAP is kept (0: the prior mean "
                         "only; a global search for multimodal posteriors)")
+    gate: float = Field(0.0, ge=0, lt=1, description="laplace, mcmc: with beta > 0, run the "
+                        "analysis with the ensemble covariance alone first and keep it when "
+                        "its misfit's chi-square tail probability is >= gate; the static "
+                        "background (and starts) only when the ensemble has lost the truth "
+                        "(0: always the hybrid analysis)")
     hessian: Literal["gauss_newton", "exact"] = Field(
         "gauss_newton", description="laplace, variable_laplace, mcmc: Hessian of the Laplace "
         "approximation (exact: autograd, damped when indefinite)")
@@ -242,6 +248,9 @@ class FilterConfig(_Strict):
             if self.blend >= 1.0:
                 raise ValueError(f"beta must be < 1 for method {self.method} (the ensemble "
                                  f"covariance keeps a share)")
+            if self.gate > 0 and self.blend == 0:
+                raise ValueError(f"gate needs beta > 0 for method {self.method} (a static "
+                                 f"background to fall back on)")
             if self.blend > 0 and self.static_var is None:
                 raise ValueError(f"static_var is required for method {self.method} with beta "
                                  f"> 0 (scale of the static background covariance), or set "

@@ -76,6 +76,9 @@ SCALARS: dict[str, tuple[str, str]] = {
                        "otherwise)", "1"),
     "hessian_damping": ("eigenvalue raise applied to a singular or indefinite Hessian in the "
                         "Laplace approximation (0: none needed; NaN for other analyses)", "1"),
+    "static_used": ("1 when the gated Laplace/MCMC analysis fell back on the static "
+                    "background (the ensemble alone misfit the observations), 0 when the "
+                    "ensemble alone was kept (NaN without a gate)", "1"),
     "accept_rate": ("mean Metropolis acceptance rate of the MCMC analysis chains (NaN for "
                     "other analyses)", "1"),
     "mcmc_ess": ("smallest effective sample size over the analysed variables of the MCMC "
@@ -354,7 +357,8 @@ class Cycle:
             scalars["jitter"] = float(res.info.get("jitter", np.nan))
             scalars["ess"] = float(res.info.get("ess", np.nan))
             scalars["temper_stages"] = float(res.info.get("temper_stages", np.nan))
-            for key in ("map_iterations", "hessian_damping", "accept_rate", "mcmc_ess"):
+            for key in ("map_iterations", "hessian_damping", "static_used", "accept_rate",
+                        "mcmc_ess"):
                 scalars[key] = float(res.info.get(key, np.nan))
             w_a = None if res.weights is None else np.asarray(res.weights, dtype=np.float64)
         else:

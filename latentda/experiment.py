@@ -100,8 +100,10 @@ def build_filter(fc: cfg.FilterConfig) -> EnsembleFilter:
         if fc.method == "variable_laplace":
             return VariableLaplace(**kw)
         if fc.method == "laplace":
-            return LaplaceAnalysis(iterations=fc.iterations, starts=fc.starts, **kw)
-        return MCMCAnalysis(iterations=fc.iterations, starts=fc.starts, sampler=fc.sampler,
+            return LaplaceAnalysis(iterations=fc.iterations, starts=fc.starts, gate=fc.gate,
+                                   **kw)
+        return MCMCAnalysis(iterations=fc.iterations, starts=fc.starts, gate=fc.gate,
+                            sampler=fc.sampler,
                             steps=fc.mcmc_steps, n_leapfrog=fc.n_leapfrog, **kw)
     if fc.method in ("pf", "pf_smoother"):
         from latentda.filters.particle import ParticleFilter

@@ -238,3 +238,29 @@ def test_laplace_starts_find_the_global_map_that_the_prior_mean_cannot_reach():
     assert found.E.mean() == pytest.approx(x_map, abs=1e-5)
     with pytest.raises(ValueError, match="starts"):
         LaplaceAnalysis(starts=-1).analyse(E, obs, np.random.default_rng(0))
+
+
+def test_gate_keeps_the_ensemble_analysis_when_it_fits_and_falls_back_when_it_misfits():
+    """``gate``: with observations the ensemble can explain, the analysis is the ETKF's
+    (beta = 0) member by member; with observations far from every member (chi-square
+    tail probability of the ensemble-only misfit below the gate), it is the hybrid one."""
+    rng = np.random.default_rng(5)
+    E = ensemble(rng, 10, 5)
+    op = Identity(5)
+    L = rng.normal(size=(5, 5))
+    bg = Background.from_covariance(L @ L.T, 4.0)
+    R = np.eye(5) * 0.5
+    truth = E.mean(0) + E.std(0) * 0.3
+    near = obs_of(op, truth + rng.normal(size=5) * 0.5 ** 0.5, R)
+    gated = LaplaceAnalysis(beta=0.4, gate=1e-3)
+    a = gated.analyse(E, near, np.random.default_rng(3), background=bg)
+    np.testing.assert_allclose(a.E, ETKF().analyse(E, near, None).E, rtol=1e-9, atol=1e-11)
+    assert a.info["static_used"] == 0.0
+    far = obs_of(op, E.mean(0) + 40.0, R)
+    b = gated.analyse(E, far, np.random.default_rng(3), background=bg)
+    hy = LaplaceAnalysis(beta=0.4).analyse(E, far, np.random.default_rng(3), background=bg)
+    np.testing.assert_allclose(b.E, hy.E, rtol=1e-9, atol=1e-11)
+    assert b.info["static_used"] == 1.0
+    assert not np.allclose(b.E, ETKF().analyse(E, far, None).E)
+    with pytest.raises(ValueError, match="gate"):
+        LaplaceAnalysis(gate=0.01).analyse(E, near, None)

@@ -144,3 +144,19 @@ def test_time_cap_evaluates_before_stopping():
               progress=False)
     assert res.stopped == "time" and res.steps == 1
     assert res.best_step == 1 and len(res.history) == 1  # the step taken is kept
+
+
+def test_saturated_log_variance_still_gets_a_gradient():
+    """The encoder log-variance is bounded to [-30, 20] with the gradient of the unbounded
+    value: one pushed to 50 (where a hard clamp has no gradient and the KL is stuck at
+    0.5 e^20) is pulled back down by the loss."""
+    p = _linear_vae()
+    with torch.no_grad():
+        p.encoder.bias[p.latent_dim:] = 50.0
+    u = torch.zeros(3, p.state_dim, dtype=torch.float64)
+    _, logvar = p._posterior_n(u)
+    assert float(logvar.detach().max()) == 20.0         # the value stays bounded
+    loss, _ = p.training_loss(u)
+    loss.backward()
+    g = p.encoder.bias.grad[p.latent_dim:]
+    assert bool((g > 1e6).all())                        # descent lowers the log-variance

@@ -84,6 +84,16 @@ class LaplaceAnalysis(EnsembleFilter):
         and the lower of the two MAPs is kept: a global search for multimodal
         posteriors, e.g. the position of a feature that no member has near the truth.
         Needs an ``rng``.
+    gate : float
+        With ``beta > 0``: the analysis with the ensemble covariance alone (``beta = 0``,
+        from the prior mean) runs first and is kept when its misfit
+        ``||R^{-1/2}(y - h(v*))||^2`` is consistent with the observation errors (its
+        chi-square tail probability with ``m`` degrees of freedom is at least
+        ``gate``); only otherwise does the hybrid analysis (static background and
+        ``starts``) run. The static background is then a fallback for an ensemble that
+        has lost the truth instead of a share of every analysis, which would forget
+        what the earlier analyses learned. ``0`` (default): always the hybrid analysis.
+        ``static_used`` in the cycle info says which was kept.
     inflation : float
         Post-analysis multiplicative inflation of the anomalies (>= 1).
     """
@@ -91,6 +101,7 @@ class LaplaceAnalysis(EnsembleFilter):
     beta: float = 0.0
     iterations: int = 10
     starts: int = 0
+    gate: float = 0.0
     hessian: str = "gauss_newton"
     jacobian: str = "auto"
     tol: float = 1e-6
@@ -116,6 +127,11 @@ class LaplaceAnalysis(EnsembleFilter):
                              "covariance must keep a share (use beta in [0, 1))")
         self.iterations = check_int("iterations", self.iterations, min_value=1)
         self.starts = check_int("starts", self.starts, min_value=0)
+        self.gate = check_float("gate", self.gate, min_value=0.0, max_value=1.0)
+        if self.gate >= 1.0 or (self.gate > 0.0 and self.beta == 0.0):
+            raise ValueError(f"gate must be in [0, 1) and needs beta > 0 (a static "
+                             f"background to fall back on; got gate={self.gate}, "
+                             f"beta={self.beta})")
         self.tol = check_float("tol", self.tol, positive=True)
         if self.hessian not in HESSIANS:
             raise ValueError(f"hessian must be one of {', '.join(HESSIANS)} "
@@ -129,15 +145,15 @@ class LaplaceAnalysis(EnsembleFilter):
 
     # ------------------------------------------------------------------ the problem
     def _problem(self, E: np.ndarray, obs: Observation, background: Background | None,
-                 ) -> tuple[np.ndarray, np.ndarray, Any, np.ndarray, str, Any]:
+                 beta: float) -> tuple[np.ndarray, np.ndarray, Any, np.ndarray, str, Any]:
         """Prior mean ``xbar``, square root ``S`` and the whitened torch forward map."""
         import torch
 
         N = E.shape[0]
         xbar = E.mean(axis=0)
-        cols = [np.sqrt((1.0 - self.beta) / (N - 1.0)) * (E - xbar).T]
-        if self.beta > 0.0:
-            cols.append(np.sqrt(self.beta) * background.sqrt)
+        cols = [np.sqrt((1.0 - beta) / (N - 1.0)) * (E - xbar).T]
+        if beta > 0.0:
+            cols.append(np.sqrt(beta) * background.sqrt)
         S = np.hstack(cols)  # (d, r)
         f64 = torch.float64
         xbar_t = torch.as_tensor(xbar, dtype=f64)
@@ -182,24 +198,40 @@ class LaplaceAnalysis(EnsembleFilter):
     def _laplace(self, E: np.ndarray, obs: Observation, background: Background | None,
                  rng: np.random.Generator | None = None,
                  ) -> tuple[Any, Any, np.ndarray, np.ndarray, Any, np.ndarray, dict[str, float]]:
+        """MAP and Laplace posterior; ``info["beta"]`` is the static weight used."""
         import warnings
+
+        from scipy.stats import chi2
 
         from latentda.inference.gauss_newton import gauss_newton, laplace_posterior
 
-        xbar, S, F, yw, jac, dtype = self._problem(E, obs, background)
-        res = gauss_newton(F, yw, S.shape[1], steps=self.iterations, tol=self.tol,
-                           jacobian=jac, dtype=dtype)
-        w0 = self._start(F, yw, S.shape[1], rng)
-        if w0 is not None:  # a second search from the best prior draw; keep the lower MAP
-            alt = gauss_newton(F, yw, S.shape[1], w0=w0, steps=self.iterations,
-                               tol=self.tol, jacobian=jac, dtype=dtype)
-            res = alt if alt.cost < res.cost else res
+        beta = self.beta
+        found = None
+        if self.gate > 0.0:  # the ensemble alone first; the static part only if it misfits
+            xbar, S, F, yw, jac, dtype = self._problem(E, obs, background, 0.0)
+            res = gauss_newton(F, yw, S.shape[1], steps=self.iterations, tol=self.tol,
+                               jacobian=jac, dtype=dtype)
+            if chi2.sf(res.misfit, len(yw)) >= self.gate:
+                beta, found = 0.0, (res, xbar, S, F, yw)
+        if found is None:
+            xbar, S, F, yw, jac, dtype = self._problem(E, obs, background, beta)
+            res = gauss_newton(F, yw, S.shape[1], steps=self.iterations, tol=self.tol,
+                               jacobian=jac, dtype=dtype)
+            w0 = self._start(F, yw, S.shape[1], rng)
+            if w0 is not None:  # a second search from the best prior draw; keep the lower
+                alt = gauss_newton(F, yw, S.shape[1], w0=w0, steps=self.iterations,
+                                   tol=self.tol, jacobian=jac, dtype=dtype)
+                res = alt if alt.cost < res.cost else res
+        else:
+            res, xbar, S, F, yw = found
         with warnings.catch_warnings():  # the damping is reported in info instead
             warnings.simplefilter("ignore")
             post = laplace_posterior(res, hessian=self.hessian, F=F, yw=yw)
         info = {"map_iterations": float(res.iterations),
                 "map_converged": float(res.converged),
-                "hessian_damping": float(post.damping)}
+                "hessian_damping": float(post.damping), "beta": beta}
+        if self.gate > 0.0:
+            info["static_used"] = float(beta > 0.0)
         return res, post, xbar, S, F, yw, info
 
     def _spread(self, V: np.ndarray) -> np.ndarray:
@@ -213,10 +245,11 @@ class LaplaceAnalysis(EnsembleFilter):
                  background: Background | None = None,
                  ) -> tuple[np.ndarray, dict[str, float]]:
         res, post, xbar, S, _, _, info = self._laplace(E, obs, background, rng)
-        Wm = self._members(res, post, E.shape[0], rng)
+        Wm = self._members(res, post, E.shape[0], rng, info.pop("beta"))
         return self._spread(xbar + Wm @ S.T), {"inflation": self.inflation, **info}
 
-    def _members(self, res: Any, post: Any, N: int, rng: np.random.Generator) -> np.ndarray:
+    def _members(self, res: Any, post: Any, N: int, rng: np.random.Generator, beta: float
+                 ) -> np.ndarray:
         """The analysis members in whitened coordinates ``w``, shape ``(N, r)``."""
         if self.anomalies == "draws":
             return post.draw(N, rng)  # centered: the ensemble mean is the MAP
@@ -226,9 +259,9 @@ class LaplaceAnalysis(EnsembleFilter):
         # sqrt((N - 1) / (1 - beta)) (T_i - 1/N) on the ensemble columns.
         from latentda.inference.gauss_newton import gauss_newton_inv_sqrt
 
-        T = gauss_newton_inv_sqrt(res.jacobian[:, :N] / np.sqrt(1.0 - self.beta))
+        T = gauss_newton_inv_sqrt(res.jacobian[:, :N] / np.sqrt(1.0 - beta))
         Wm = np.tile(res.w, (N, 1))
-        Wm[:, :N] += np.sqrt((N - 1.0) / (1.0 - self.beta)) * (T - 1.0 / N)
+        Wm[:, :N] += np.sqrt((N - 1.0) / (1.0 - beta)) * (T - 1.0 / N)
         return Wm
 
 
@@ -310,7 +343,7 @@ class MCMCAnalysis(LaplaceAnalysis):
 
         res, post, xbar, S, F, yw, info = self._laplace(E, obs, background, rng)
         N = E.shape[0]
-        W0 = torch.as_tensor(self._members(res, post, N, rng))
+        W0 = torch.as_tensor(self._members(res, post, N, rng, info.pop("beta")))
         yw_t = torch.as_tensor(yw)
 
         def log_post(w: torch.Tensor) -> torch.Tensor:

@@ -24,6 +24,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from latentda.priors.basis import BasisDecoder, BasisEncoder
 from latentda.priors.shift import (
     ShiftDecoder,
     ShiftEncoder,
@@ -212,7 +213,10 @@ def encoder_net(arch: dict[str, Any], n: int, out: int) -> nn.Module:
     if a["kind"] == "shift2d":
         k = out // 2
         check_shift_latent(k)  # before the content network is sized by it
-        return ShiftEncoder(k, n, _conv2d_encoder(a, n, 2 * (k - 4)), int(a["fields"]),
+        content: nn.Module = (
+            BasisEncoder(n, 2 * (k - 4), int(a["modes"]), [int(h) for h in a["hidden"]])
+            if a["content"] == "basis" else _conv2d_encoder(a, n, 2 * (k - 4)))
+        return ShiftEncoder(k, n, content, int(a["fields"]),
                             int(a["ny"]), int(a["nx"]), a["sign"], a["stagger"],
                             a.get("pv"))
     return _conv2d_encoder(a, n, out)
@@ -236,7 +240,9 @@ def decoder_net(arch: dict[str, Any], k: int, n: int) -> nn.Module:
                              bool(a["linear_path"]))
     if a["kind"] == "shift2d":
         check_shift_latent(k)
-        return ShiftDecoder(k, n, _conv2d_decoder(a, k - 4, n), int(a["fields"]),
+        content = (BasisDecoder(k - 4, n, int(a["modes"]), [int(h) for h in a["hidden"]])
+                   if a["content"] == "basis" else _conv2d_decoder(a, k - 4, n))
+        return ShiftDecoder(k, n, content, int(a["fields"]),
                             int(a["ny"]), int(a["nx"]))
     return _conv2d_decoder(a, k, n)
 

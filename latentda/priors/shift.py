@@ -150,6 +150,22 @@ class ShiftDecoder(nn.Module):
         _, ny, nx = self.shape
         return fourier_shift(c, px - nx / 2, py - ny / 2).flatten(1)
 
+    @torch.no_grad()
+    def initialize_from_data(self, u: torch.Tensor, encoder: ShiftEncoder,
+                             chunk: int = 256) -> float | None:
+        """Fit a data-dependent content network (``content: basis``) to standardized
+        training states ``u`` ``(N, n)``, centred by ``encoder``; returns the fraction of
+        the centred variance its basis leaves out (``None`` for other content networks)."""
+        if not hasattr(self.content, "basis"):
+            return None
+        F, ny, nx = self.shape
+        parts = []
+        for i in range(0, u.shape[0], chunk):
+            b = u[i: i + chunk].view(-1, F, ny, nx)
+            px, py = encoder.centre(b)
+            parts.append(fourier_shift(b, nx / 2 - px, ny / 2 - py).flatten(1))
+        return self.content.basis.fit(torch.cat(parts))
+
     def forward(self, z: torch.Tensor) -> torch.Tensor:
         _, ny, nx = self.shape
         tx, ty = _angles(z)
@@ -187,6 +203,8 @@ class ShiftEncoder(nn.Module):
         choose among the symmetric candidate centres."""
         self._decoder = [decoder]
         self._owner = [] if owner is None else [owner]
+        if hasattr(self.content, "use"):   # content: basis, the decoder's
+            self.content.use(decoder.content.basis)
 
     def _pv_choice(self, cands: list[torch.Tensor]) -> torch.Tensor:
         """Index of the candidate with the largest PV anomaly in a 7x7 window at its centre."""
@@ -253,6 +271,18 @@ def check_shift_arch(out: dict[str, Any]) -> dict[str, Any]:
     if len(out["stagger"]) != F or any(len(o) != 2 for o in out["stagger"]):
         raise ValueError(f"arch.stagger must hold one (x, y) offset in cells per field ({F}); "
                          f"got {out['stagger']!r}")
+    out.setdefault("content", "conv")
+    if out["content"] not in ("conv", "basis"):
+        raise ValueError(f"arch.content must be 'conv' or 'basis' (got {out['content']!r})")
+    if out["content"] == "basis":
+        out = {"modes": 48, "hidden": [256, 256]} | out
+        if int(out["modes"]) < 1 or not out["hidden"] or any(int(h) < 1 for h in out["hidden"]):
+            raise ValueError(f"arch.modes must be >= 1 and arch.hidden a non-empty list of "
+                             f"positive widths (got {out['modes']!r}, {out['hidden']!r})")
+        if out.get("pv") is None:
+            raise ValueError("arch.content 'basis' needs arch.pv: the basis is fitted to "
+                             "centred fields before training, so the centre must be chosen "
+                             "without a trained network")
     pv = out.get("pv")
     if pv is not None:
         if F != 3 or not isinstance(pv, dict) or set(pv) != {"f0", "H", "dx", "dy"}:

@@ -87,6 +87,17 @@ class VAEPrior(Prior):
                 "beta": self.beta, "decoder_var": self.decoder_var, "kl_warmup": self.kl_warmup,
                 "dtype": self._dtype_name}
 
+    @torch.no_grad()
+    def initialize_from_data(self, X: np.ndarray) -> None:
+        """Fit the data-dependent parts of the networks (the ``shift2d`` basis) to
+        physical training states; the normalization must already be set."""
+        if hasattr(self.decoder, "initialize_from_data"):
+            u = self.normalize(torch.as_tensor(np.asarray(X), dtype=self.dtype,
+                                               device=self.device))
+            left = self.decoder.initialize_from_data(u, self.encoder)
+            if left is not None:
+                self.basis_variance_left = left
+
     # ------------------------------------------------------------------ maps
     def posterior_t(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Mean and log-variance of ``q(z | x)`` for physical states."""
@@ -95,7 +106,10 @@ class VAEPrior(Prior):
     def _posterior_n(self, u: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         h = self.encoder(u)
         mu, logvar = h[:, :self.latent_dim], h[:, self.latent_dim:]
-        return mu, logvar.clamp(-30.0, 20.0)
+        # bounded values, but the gradient of the unbounded one (straight through): a hard
+        # clamp has no gradient, so a log-variance that overshot 20 in one step stayed
+        # there for ever with a KL of 0.5 e^20 = 2.4e8 (measured)
+        return mu, logvar + (logvar.clamp(-30.0, 20.0) - logvar).detach()
 
     def decode_t(self, z: torch.Tensor) -> torch.Tensor:
         return self.denormalize(self.decoder(z))

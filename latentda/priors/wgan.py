@@ -153,10 +153,13 @@ class WGANPrior(Prior):
             raise ValueError(f"dtype must be 'float32' or 'float64' (got {dtype!r})")
         super().__init__(state_dim, latent_dim, getattr(torch, dtype))
         self.arch = check_arch(arch or {"kind": "mlp"}, state_dim)
+        if self.arch.get("content") == "basis":
+            raise ValueError("arch.content 'basis' is for VAE priors (the basis is fitted to "
+                             "training states centred by the encoder); use content 'conv'")
         critic_arch = critic_arch or self.arch
         if critic_arch.get("kind") == "shift2d":
             critic_arch = {**critic_arch, "kind": "conv2d"}   # a critic has no position code
-            for key in ("sign", "stagger", "pv"):
+            for key in ("sign", "stagger", "pv", "content", "modes", "hidden"):
                 critic_arch.pop(key, None)
         self.critic_arch = check_arch(critic_arch, state_dim)
         self.n_critic = _check_int("n_critic", n_critic, 1)
