@@ -46,6 +46,10 @@ def base(**over):
          "needs the shallow_water model"),
         ({"observations": {"operator": {"kind": "every"}}}, "k is required"),
         ({"observations": {"error_variances": [1.0, 2.0]}}, "has 2 entries but there are 12"),
+        ({"filter": {"method": "laplace", "gate": 0.01}}, "gate needs beta > 0"),
+        ({"filter": {"method": "etkf", "gate": 0.01}}, "gate only applies to method"),
+        ({"filter": {"method": "laplace", "beta": 0.5, "static_var": 1.0, "gate": 1.0}},
+         "filter.gate"),
     ],
 )
 def test_bad_fields_are_named(over, field):
