@@ -22,7 +22,10 @@ with its normalization set from the ensemble: timing does not depend on the weig
 torch runs on the CPU with one thread (``torch.set_num_threads(1)``).
 
 Writes ``benchmarks/results/latent_cost.json`` and refreshes ``docs/benchmarks.md``.
-Run: ``python benchmarks/latent_cost.py [--repeat 7] [--spinup-days 5]``.
+Run: ``python benchmarks/latent_cost.py [--repeat 7] [--spinup-days 5]``. With
+``--prior basis`` the prior is the shift2d content-basis prior
+``models/sw_bumps_basis_k16.pt`` (its decoder is an MLP, a 48-mode basis and a Fourier
+shift, not convolutions), written to ``latent_cost_basis.json``.
 """
 
 from __future__ import annotations
@@ -40,8 +43,9 @@ import make_tables  # noqa: E402
 from _common import write_result  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
-PRIOR_64 = ROOT / "models" / "sw_bumps_vae_k16.pt"
-PRIOR_CONFIG = ROOT / "models" / "sw_bumps_vae_k16.yaml"
+#: --prior: the trained 64x64 checkpoint and the config an untrained 128x128 one is built from
+PRIORS = {"conv": "sw_bumps_vae_k16", "basis": "sw_bumps_basis_k16"}
+_which = ["conv"]
 N = 20
 RADIUS = 250_000.0
 WEIGHT_STRIDE = 8
@@ -106,7 +110,7 @@ def untrained_prior(nx: int, ny: int, X: np.ndarray, model: Any) -> Any:
     from latentda import priors
     from latentda.prior_training import _family_kwargs, _normalization, load_prior_config
 
-    pc = load_prior_config(PRIOR_CONFIG)
+    pc = load_prior_config(ROOT / "models" / f"{PRIORS[_which[0]]}.yaml")
     pc = pc.model_copy(update={"system": pc.system.model_copy(update={"nx": nx, "ny": ny}),
                                "arch": {**pc.arch, "nx": nx, "ny": ny}})
     torch.manual_seed(0)
@@ -136,7 +140,8 @@ def grid_setup(nx: int, spinup_days: float, rng: np.random.Generator) -> dict[st
                       locations=op.locations(loc))
     geometry = Geometry(loc, period=model.domain_period)
     if nx == 64:
-        prior, trained = load(PRIOR_64, device="cpu", state_dim=model.state_dim,
+        prior, trained = load(ROOT / "models" / f"{PRIORS[_which[0]]}.pt", device="cpu",
+                              state_dim=model.state_dim,
                               system="shallow_water"), True
     else:
         prior, trained = untrained_prior(nx, nx, X, model), False
@@ -195,7 +200,12 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--spinup-days", type=float, default=5.0,
                     help="spin-up of the bump ensemble (days; the prior's climatology: 5)")
     ap.add_argument("--grids", type=int, nargs="+", default=[64, 128])
+    ap.add_argument("--prior", choices=sorted(PRIORS), default="conv",
+                    help="conv: models/sw_bumps_vae_k16 (latent_cost.json); basis: the "
+                         "shift2d content-basis prior models/sw_bumps_basis_k16 "
+                         "(latent_cost_basis.json)")
     args = ap.parse_args(argv)
+    _which[0] = args.prior
     torch.set_num_threads(1)
     from threadpoolctl import threadpool_limits
 
@@ -239,9 +249,12 @@ def main(argv: list[str] | None = None) -> None:
                           b["latent_etkf"]["rest"] / a["latent_etkf"]["rest"],
                           b["hybrid"]["total"] / a["hybrid"]["total"]))
     payload = {
-        "title": "Cost of one analysis: latent space against state space (shallow water)",
+        "title": "Cost of one analysis: latent space against state space (shallow water"
+                 + (", content-basis prior)" if args.prior == "basis" else ")"),
         "script": f"python benchmarks/latent_cost.py --repeat {args.repeat} "
-                  f"--spinup-days {args.spinup_days:g}",
+                  f"--spinup-days {args.spinup_days:g}"
+                  + (" --prior basis" if args.prior == "basis" else ""),
+        "prior": PRIORS[args.prior],
         "settings": {"N": N, "k": 16, "radius_m": RADIUS, "weight_stride": WEIGHT_STRIDE,
                      "obs_spacing_m": OBS_SPACING, "error_variance": ERROR_VARIANCE,
                      "repeat": args.repeat, "spinup_days": args.spinup_days,
@@ -267,15 +280,17 @@ def main(argv: list[str] | None = None) -> None:
             "notes": "Encoder and decoder: wall time inside the prior's encode/decode calls "
                      "(float32 torch, CPU, one thread); the latent ETKF decodes the N "
                      "members to observe them and once more to return the analysis. "
-                     "The 128x128 prior is untrained (no trained prior exists at that "
-                     "size): the same layers, the dense one grown with the grid, so its "
-                     "timing holds for trained weights; its analyses are not meaningful. "
+                     f"Prior: models/{PRIORS[args.prior]} at 64x64. The 128x128 prior is "
+                     "untrained (no trained prior exists at that size): the same layers "
+                     "grown with the grid (for the basis prior: a 48-mode basis of the "
+                     "larger grid, not fitted), so its timing holds for trained weights; "
+                     "its analyses are not meaningful. "
                      "ETKF algebra + rest: total minus network and state step (N x N "
                      "eigenproblem, observation operator, copies). Measured on a shared "
                      "2-core machine: compare within a grid, not across runs.",
         }],
     }
-    print(write_result("latent_cost", payload))
+    print(write_result("latent_cost" + ("_basis" if args.prior == "basis" else ""), payload))
     make_tables.main([])
 
 
