@@ -205,25 +205,26 @@ class LaplaceAnalysis(EnsembleFilter):
 
         from latentda.inference.gauss_newton import gauss_newton, laplace_posterior
 
+        def solve(w0: np.ndarray | None = None) -> Any:  # on the current problem
+            return gauss_newton(F, yw, S.shape[1], w0=w0, steps=self.iterations,
+                                tol=self.tol, jacobian=jac, dtype=dtype)
+
         beta = self.beta
-        found = None
+        res = None
         if self.gate > 0.0:  # the ensemble alone first; the static part only if it misfits
             xbar, S, F, yw, jac, dtype = self._problem(E, obs, background, 0.0)
-            res = gauss_newton(F, yw, S.shape[1], steps=self.iterations, tol=self.tol,
-                               jacobian=jac, dtype=dtype)
+            res = solve()
             if chi2.sf(res.misfit, len(yw)) >= self.gate:
-                beta, found = 0.0, (res, xbar, S, F, yw)
-        if found is None:
+                beta = 0.0
+            else:
+                res = None
+        if res is None:
             xbar, S, F, yw, jac, dtype = self._problem(E, obs, background, beta)
-            res = gauss_newton(F, yw, S.shape[1], steps=self.iterations, tol=self.tol,
-                               jacobian=jac, dtype=dtype)
+            res = solve()
             w0 = self._start(F, yw, S.shape[1], rng)
             if w0 is not None:  # a second search from the best prior draw; keep the lower
-                alt = gauss_newton(F, yw, S.shape[1], w0=w0, steps=self.iterations,
-                                   tol=self.tol, jacobian=jac, dtype=dtype)
+                alt = solve(w0)
                 res = alt if alt.cost < res.cost else res
-        else:
-            res, xbar, S, F, yw = found
         with warnings.catch_warnings():  # the damping is reported in info instead
             warnings.simplefilter("ignore")
             post = laplace_posterior(res, hessian=self.hessian, F=F, yw=yw)

@@ -60,22 +60,14 @@ class Basis(nn.Module):
         return self.mean + (a * self.coef_scale) @ self.basis
 
 
-def _mlp(sizes: list[int]) -> nn.Sequential:
-    layers: list[nn.Module] = []
-    for i in range(len(sizes) - 1):
-        layers.append(nn.Linear(sizes[i], sizes[i + 1]))
-        if i < len(sizes) - 2:
-            layers.append(nn.GELU())
-    return nn.Sequential(*layers)
-
-
 class BasisDecoder(nn.Module):
-    """``(B, k) -> (B, n)``: an MLP with a linear path to the coefficients of a basis."""
+    """``(B, k) -> (B, n)``: a network ``net`` (``k -> modes``) with a linear path to the
+    coefficients of a basis."""
 
-    def __init__(self, k: int, n: int, modes: int, hidden: list[int]) -> None:
+    def __init__(self, k: int, n: int, modes: int, net: nn.Module) -> None:
         super().__init__()
         self.basis = Basis(n, modes)
-        self.net = _mlp([k, *hidden, int(modes)])
+        self.net = net
         self.lin = nn.Linear(k, int(modes))
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
@@ -83,15 +75,16 @@ class BasisDecoder(nn.Module):
 
 
 class BasisEncoder(nn.Module):
-    """``(B, n) -> (B, out)``: basis coefficients, then an MLP with a linear path.
+    """``(B, n) -> (B, out)``: basis coefficients, then a network ``net``
+    (``modes -> out``) with a linear path.
 
     The basis is the decoder's (:meth:`use`); an encoder without one cannot run.
     """
 
-    def __init__(self, n: int, out: int, modes: int, hidden: list[int]) -> None:
+    def __init__(self, out: int, modes: int, net: nn.Module) -> None:
         super().__init__()
         self.modes = int(modes)
-        self.net = _mlp([self.modes, *reversed(hidden), out])
+        self.net = net
         self.lin = nn.Linear(self.modes, out)
         self._basis: list[Basis] = []   # borrowed, not a submodule
 

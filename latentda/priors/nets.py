@@ -6,9 +6,11 @@
   stride-2 circular convolutions in the encoder and nearest up-sampling +
   circular convolution in the decoder (transposed convolutions cannot pad
   circularly);
-- ``shift2d``: ``conv2d`` networks for the *centred* fields of a point-symmetric
-  pattern, with its position as an exact Fourier shift (:mod:`latentda.priors.shift`;
-  the single-bump shallow-water family);
+- ``shift2d``: networks for the *centred* fields of a point-symmetric pattern, with
+  its position as an exact Fourier shift (:mod:`latentda.priors.shift`; the
+  single-bump shallow-water family); the centred fields go through ``conv2d``
+  networks (``content: conv``) or MLPs on a fitted principal-component basis
+  (``content: basis``, :mod:`latentda.priors.basis`);
 - ``mlp``: small multilayer perceptrons (Lotka–Volterra);
 - ``linear``: one affine map (analytic references in tests).
 
@@ -213,9 +215,12 @@ def encoder_net(arch: dict[str, Any], n: int, out: int) -> nn.Module:
     if a["kind"] == "shift2d":
         k = out // 2
         check_shift_latent(k)  # before the content network is sized by it
-        content: nn.Module = (
-            BasisEncoder(n, 2 * (k - 4), int(a["modes"]), [int(h) for h in a["hidden"]])
-            if a["content"] == "basis" else _conv2d_encoder(a, n, 2 * (k - 4)))
+        if a["content"] == "basis":
+            m, hidden = int(a["modes"]), [int(h) for h in a["hidden"]]
+            content: nn.Module = BasisEncoder(2 * (k - 4), m,
+                                              _mlp([m, *reversed(hidden), 2 * (k - 4)]))
+        else:
+            content = _conv2d_encoder(a, n, 2 * (k - 4))
         return ShiftEncoder(k, n, content, int(a["fields"]),
                             int(a["ny"]), int(a["nx"]), a["sign"], a["stagger"],
                             a.get("pv"))
@@ -240,8 +245,11 @@ def decoder_net(arch: dict[str, Any], k: int, n: int) -> nn.Module:
                              bool(a["linear_path"]))
     if a["kind"] == "shift2d":
         check_shift_latent(k)
-        content = (BasisDecoder(k - 4, n, int(a["modes"]), [int(h) for h in a["hidden"]])
-                   if a["content"] == "basis" else _conv2d_decoder(a, k - 4, n))
+        if a["content"] == "basis":
+            m, hidden = int(a["modes"]), [int(h) for h in a["hidden"]]
+            content = BasisDecoder(k - 4, n, m, _mlp([k - 4, *hidden, m]))
+        else:
+            content = _conv2d_decoder(a, k - 4, n)
         return ShiftDecoder(k, n, content, int(a["fields"]),
                             int(a["ny"]), int(a["nx"]))
     return _conv2d_decoder(a, k, n)

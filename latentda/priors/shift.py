@@ -11,8 +11,10 @@ pattern is; this architecture builds the translation in:
 - **decoder** ``z = [z_pos (4), z_c (k - 4)]``: the position is read as two angles on
   the torus, ``theta_x = atan2(z_1, z_0)`` and ``theta_y = atan2(z_3, z_2)`` (so
   ``z_pos ~ N(0, I)`` is a uniform position and moving a bump across the periodic
-  boundary is a smooth path in ``z``); a convolutional decoder maps ``z_c`` to the
-  centred fields, which an exact Fourier phase shift moves to ``p``;
+  boundary is a smooth path in ``z``); a content network (``arch.content``: periodic
+  convolutions, or an MLP on a fitted principal-component basis,
+  :mod:`latentda.priors.basis`) maps ``z_c`` to the centred fields, which an exact
+  Fourier phase shift moves to ``p``;
 - **encoder**: the centre of symmetry is estimated without learning, as the maximum of
   the signed auto-convolution ``C(s) = sum_f sign_f sum_x u_f(x) u_f(s - x)`` (which
   peaks at ``s = 2p`` for point-symmetric fields), on the grid and then refined by
@@ -22,8 +24,8 @@ pattern is; this architecture builds the translation in:
   ``q = zeta - f0 h' / H`` near it is chosen: ``q`` is conserved by the linear dynamics,
   so the released bump's PV stays at the release point for ever while the gravity waves
   carry none. Without it, the candidate whose centred fields the current network
-  reconstructs best is chosen (hard EM, without gradient; 2-3x the training cost). A
-  convolutional encoder maps the centred fields to ``z_c``; the position part of the
+  reconstructs best is chosen (hard EM, without gradient; 2-3x the training cost). The
+  content encoder maps the centred fields to ``z_c``; the position part of the
   posterior mean is ``rho (cos theta_x, sin theta_x, cos theta_y, sin theta_y)`` with
   ``rho = sqrt(pi / 2)`` (the mean radius of a 2-D standard normal) and one learned
   log-variance.
@@ -132,7 +134,8 @@ def _angles(z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 class ShiftDecoder(nn.Module):
-    """``[z_pos, z_c] -> S_p g(z_c)``: a conv decoder of centred fields, shifted to ``p``."""
+    """``[z_pos, z_c] -> S_p g(z_c)``: a content decoder of centred fields, shifted to
+    ``p``."""
 
     def __init__(self, k: int, n: int, content: nn.Module, fields: int, ny: int, nx: int
                  ) -> None:
@@ -175,7 +178,7 @@ class ShiftDecoder(nn.Module):
 
 
 class ShiftEncoder(nn.Module):
-    """Centre of symmetry (no learning) + conv encoder of the centred fields.
+    """Centre of symmetry (no learning) + content encoder of the centred fields.
 
     Output ``(B, 2k)``: posterior means then log-variances, as every encoder here.
     The decoder must be attached (:meth:`attach`) for the choice among the four

@@ -88,15 +88,15 @@ class VAEPrior(Prior):
                 "dtype": self._dtype_name}
 
     @torch.no_grad()
-    def initialize_from_data(self, X: np.ndarray) -> None:
+    def initialize_from_data(self, X: np.ndarray) -> float | None:
         """Fit the data-dependent parts of the networks (the ``shift2d`` basis) to
-        physical training states; the normalization must already be set."""
-        if hasattr(self.decoder, "initialize_from_data"):
-            u = self.normalize(torch.as_tensor(np.asarray(X), dtype=self.dtype,
-                                               device=self.device))
-            left = self.decoder.initialize_from_data(u, self.encoder)
-            if left is not None:
-                self.basis_variance_left = left
+        physical training states; the normalization must already be set. Returns the
+        fraction of the centred variance the basis leaves out (``None``: nothing fitted)."""
+        if not hasattr(self.decoder, "initialize_from_data"):
+            return None
+        u = self.normalize(torch.as_tensor(np.asarray(X), dtype=self.dtype,
+                                           device=self.device))
+        return self.decoder.initialize_from_data(u, self.encoder)
 
     # ------------------------------------------------------------------ maps
     def posterior_t(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
