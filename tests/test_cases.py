@@ -35,5 +35,7 @@ def test_case_reaches_its_stated_numbers(path):
     for key, expected in case.expected.items():
         got = summary[key]
         # the stated numbers were measured with the case's own seed: a rerun must agree to
-        # a few per cent (the same seed reproduces the run; tolerance covers BLAS differences)
-        assert got == pytest.approx(expected, rel=0.05), (key, got, expected)
+        # a few per cent (the same seed reproduces the run; tolerance covers BLAS differences),
+        # or to the wider tolerance a round-off-sensitive case states and explains
+        rel = getattr(case, "expected_tolerance", 0.05)
+        assert got == pytest.approx(expected, rel=rel), (key, got, expected)

@@ -50,6 +50,8 @@ def base(**over):
         ({"filter": {"method": "etkf", "gate": 0.01}}, "gate only applies to method"),
         ({"filter": {"method": "laplace", "beta": 0.5, "static_var": 1.0, "gate": 1.0}},
          "filter.gate"),
+        ({"expected_tolerance": 0.0}, "expected_tolerance"),
+        ({"expected_tolerance": 1.5}, "expected_tolerance"),
     ],
 )
 def test_bad_fields_are_named(over, field):

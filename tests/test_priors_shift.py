@@ -151,6 +151,26 @@ def test_hard_em_choice_without_pv_is_a_centre_of_symmetry(sw_runs):
         assert min(ex, model.nx / 2 - ex) < 1e-4 and min(ey, model.ny / 2 - ey) < 1e-4
 
 
+@pytest.mark.parametrize("pv", [True, False])
+def test_centred_fields_are_the_chosen_translation(sw_runs, pv):
+    """The encoder centres each state once and rolls it to the other three candidates; the
+    fields it passes on equal a direct Fourier translation to the chosen centre, and
+    they stay differentiable with respect to the input."""
+    model, _, states = sw_runs
+    X = np.concatenate(states)
+    p = _shift_vae(model, X, pv=pv)
+    enc = p.encoder
+    u = p.normalize(torch.tensor(X)).view(-1, 3, model.ny, model.nx)
+    px, py, c = enc._centre_and_centred(u)
+    direct = fourier_shift(u, model.nx / 2 - px, model.ny / 2 - py)
+    torch.testing.assert_close(c, direct, atol=1e-10, rtol=0)
+    assert not torch.allclose(c, u)   # the states were not centred already
+    ug = u.clone().requires_grad_(True)
+    _, _, cg = enc._centre_and_centred(ug)
+    cg.sum().backward()
+    assert ug.grad is not None and torch.isfinite(ug.grad).all()
+
+
 def test_basis_content_reconstructs_the_states_it_was_fitted_to(sw_runs, tmp_path):
     """``content: basis``: with as many modes as training states, centring, projection on
     the fitted basis and placement back reproduce every state to round-off (so centre,
