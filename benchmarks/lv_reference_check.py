@@ -90,7 +90,7 @@ def main(argv: list[str] | None = None) -> int:
     rows, per_obs = [], []
     for k, (o, r) in enumerate(zip(observations, ref, strict=True)):
         if r["mean"] is None:
-            rows.append([k, 0.0] + [None] * 9)
+            rows.append([k, 0.0] + [None] * 5 + ["yes" if o["resolved"] else "no"])
             continue
         ps = np.asarray(o["particle_std"])
         pm, nm = np.asarray(o["particle_mean"]), np.asarray(o["npe_mean"])

@@ -161,12 +161,12 @@ def test_centred_fields_are_the_chosen_translation(sw_runs, pv):
     p = _shift_vae(model, X, pv=pv)
     enc = p.encoder
     u = p.normalize(torch.tensor(X)).view(-1, 3, model.ny, model.nx)
-    px, py, c = enc._centre_and_centred(u)
+    px, py, c = enc.centre_and_centred(u)
     direct = fourier_shift(u, model.nx / 2 - px, model.ny / 2 - py)
     torch.testing.assert_close(c, direct, atol=1e-10, rtol=0)
     assert not torch.allclose(c, u)   # the states were not centred already
     ug = u.clone().requires_grad_(True)
-    _, _, cg = enc._centre_and_centred(ug)
+    _, _, cg = enc.centre_and_centred(ug)
     cg.sum().backward()
     assert ug.grad is not None and torch.isfinite(ug.grad).all()
 

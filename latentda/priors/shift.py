@@ -172,8 +172,7 @@ class ShiftDecoder(nn.Module):
         parts = []
         for i in range(0, u.shape[0], chunk):
             b = u[i: i + chunk].view(-1, F, ny, nx)
-            px, py = encoder.centre(b)
-            parts.append(fourier_shift(b, nx / 2 - px, ny / 2 - py).flatten(1))
+            parts.append(encoder.centre_and_centred(b)[2].flatten(1))
         return self.content.basis.fit(torch.cat(parts))
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
@@ -240,10 +239,10 @@ class ShiftEncoder(nn.Module):
 
     def centre(self, u: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Centre ``(px, py)`` in cells of each field set ``(B, F, ny, nx)``."""
-        px, py, _ = self._centre_and_centred(u)
+        px, py, _ = self.centre_and_centred(u)
         return px, py
 
-    def _centre_and_centred(self, u: torch.Tensor
+    def centre_and_centred(self, u: torch.Tensor
                             ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """The centre ``(px, py)`` and the fields translated so that it sits mid-grid."""
         _, ny, nx = self.shape
@@ -280,7 +279,7 @@ class ShiftEncoder(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         F, ny, nx = self.shape
         u = x.view(-1, F, ny, nx)
-        px, py, c = self._centre_and_centred(u)
+        px, py, c = self.centre_and_centred(u)
         h = self.content(c.flatten(1))
         m = self.k - 4
         tx, ty = 2.0 * math.pi * px / nx, 2.0 * math.pi * py / ny
