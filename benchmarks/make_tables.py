@@ -137,6 +137,17 @@ def render_models() -> str:
                      "Kaplan–Yorke dimension is about 27, which is why k = 24 cannot reach "
                      "what k = 32 does. Train seconds are wall time on the shared 2-core "
                      "machine with one torch thread.")
+    tp = RESULTS / "prior_throughput.json"
+    if tp.exists():
+        data = json.loads(tp.read_text())
+        if "cuda" in data.get("devices", []):
+            table = data["tables"][0]
+            parts += [f"\n## Batched encode + decode on {data['gpu']} vs CPU\n",
+                      f"From `{data['script']}` ({data['machine']['date'][:10]}; also in "
+                      "docs/benchmarks.md). " + table["notes"] + "\n",
+                      "| " + " | ".join(table["columns"]) + " |",
+                      "|" + "---|" * len(table["columns"])]
+            parts += ["| " + " | ".join(_cell(v) for v in row) + " |" for row in table["rows"]]
     for extra in sorted(MODELS.glob("*.notes.md")):
         parts.append("\n" + extra.read_text().strip() + "\n")
     return "\n".join(parts).rstrip() + "\n"

@@ -65,7 +65,8 @@ def main(argv: list[str] | None = None) -> None:
             "columns": ["prior", "family", "n", "k", "CPU s", "CUDA s", "CUDA speed-up"],
             "rows": rows,
             "notes": "WGAN encoding is an Adam projection with a fixed iteration budget, so it "
-                     "costs that many decoder passes. CPU: the shared 2-core machine.",
+                     f"costs that many decoder passes. CPU: {torch.get_num_threads()} torch "
+                     "threads on the machine that ran the CUDA column.",
         }],
     }
     print(write_result("prior_throughput", payload))

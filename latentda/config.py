@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 import yaml
 from pydantic import (
@@ -20,6 +20,9 @@ from pydantic import (
     field_validator,
     model_validator,
 )
+
+if TYPE_CHECKING:
+    from latentda.dynamics.base import Dynamics
 
 
 class CaseError(ValueError):
@@ -543,6 +546,23 @@ class Case(_Strict):
             raise ValueError("filter.method letkf needs a spatial model; Lotka-Volterra has no "
                              "geometry: use etkf, enkf or enkf_n")
         return self
+
+
+def build_model(model: ModelConfig) -> Dynamics:
+    """The dynamical system of a model config."""
+    if isinstance(model, Lorenz96Config):
+        from latentda.dynamics.lorenz96 import Lorenz96
+
+        return Lorenz96(n=model.n, F=model.F, dt=model.dt)
+    if isinstance(model, ShallowWaterConfig):
+        from latentda.dynamics.shallow_water import ShallowWater2D
+
+        return ShallowWater2D(**model.model_dump(exclude={"system", "init_family"}))
+    from latentda.dynamics.lotka_volterra import LotkaVolterra
+
+    return LotkaVolterra(alpha=model.alpha, beta=model.beta, gamma=model.gamma,
+                         delta=model.delta, dt=model.dt, augmented=model.augmented,
+                         param_spread=model.param_spread, param_bias=model.param_bias)
 
 
 def state_dim(model: ModelConfig) -> int:

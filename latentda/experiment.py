@@ -19,6 +19,7 @@ import numpy as np
 
 from latentda import config as cfg
 from latentda.case_space import SpaceSetup, build_space
+from latentda.config import build_model
 from latentda.cycle import Cycle, output_variables
 from latentda.dynamics.base import Dynamics
 from latentda.filters import ETKF, LETKF, EnKF, EnKF_N, HybridETKF
@@ -40,24 +41,6 @@ from latentda.twin import obs_coords, twin_experiment
 
 #: seed streams derived from the case seed: one per purpose
 _TRUTH, _ENSEMBLE, _SITES, _CYCLES = 0, 1, 2, 3
-
-
-def build_model(mc: cfg.ModelConfig) -> Dynamics:
-    """The dynamical system of a model config."""
-    if isinstance(mc, cfg.Lorenz96Config):
-        from latentda.dynamics.lorenz96 import Lorenz96
-
-        return Lorenz96(n=mc.n, F=mc.F, dt=mc.dt)
-    if isinstance(mc, cfg.ShallowWaterConfig):
-        from latentda.dynamics.shallow_water import ShallowWater2D
-
-        kw = mc.model_dump(exclude={"system", "init_family"})
-        return ShallowWater2D(**kw)
-    from latentda.dynamics.lotka_volterra import LotkaVolterra
-
-    return LotkaVolterra(alpha=mc.alpha, beta=mc.beta, gamma=mc.gamma, delta=mc.delta, dt=mc.dt,
-                         augmented=mc.augmented, param_spread=mc.param_spread,
-                         param_bias=mc.param_bias)
 
 
 def build_operator(case: cfg.Case, n: int) -> ObservationOperator:

@@ -23,6 +23,7 @@ import math
 import os
 import platform
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Literal
 
@@ -30,7 +31,7 @@ import numpy as np
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from latentda.config import CaseError, ModelConfig, _format_errors
+from latentda.config import CaseError, ModelConfig, _format_errors, build_model
 
 __all__ = ["PriorConfig", "load_prior_config", "simulate_climatology", "train_prior",
            "card_markdown"]
@@ -168,15 +169,32 @@ def cache_dir() -> Path:
     return Path(os.environ.get("LATENTDA_CACHE", Path.home() / ".cache" / "latentda"))
 
 
+def _climatology_workers(members: int) -> int:
+    """Threads for the climatology: the usable cores (the kernels release the GIL)."""
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:  # pragma: no cover - not on Linux
+        cores = os.cpu_count() or 1
+    return max(1, min(cores, members))
+
+
+def _step_members(model: Any, X: np.ndarray, nsteps: int, pool: ThreadPoolExecutor,
+                  workers: int) -> np.ndarray:
+    """``model.step(X, nsteps)`` with the members split into ``workers`` chunks on the pool."""
+    if nsteps == 0:
+        return X
+    chunks = np.array_split(np.arange(len(X)), workers)
+    parts = pool.map(lambda idx: model.step(X[idx], nsteps), [c for c in chunks if len(c)])
+    return np.concatenate(list(parts))
+
+
 def simulate_climatology(pc: PriorConfig, progress: bool = True, use_cache: bool = True,
                          ) -> np.ndarray:
     """States ``(members, snapshots, n)`` of the config's climatology (cached in zarr)."""
-    import zarr
-
-    from latentda.experiment import build_model
-
     path = cache_dir() / f"clim-{pc.system.system}-{_clim_key(pc)}.zarr"
     if use_cache and path.exists():
+        import zarr
+
         try:
             return np.asarray(zarr.open_array(str(path), mode="r")[...])
         except Exception:  # a broken cache entry is rebuilt
@@ -185,29 +203,35 @@ def simulate_climatology(pc: PriorConfig, progress: bool = True, use_cache: bool
     cc = pc.climatology
     rng = np.random.default_rng([cc.seed, 7])
     family = getattr(pc.system, "init_family", None)
+    # the initial states are drawn first, in one stream, so the result does not depend on
+    # how the members are then split over threads (each member is integrated on its own)
     if family is not None:
-        X0 = model.sample_climatology(cc.members, rng, family=family,
-                                      spinup_steps=cc.spinup_steps)
+        X = model.sample_climatology(cc.members, rng, family=family, spinup_steps=0)
     else:
-        X0 = model.climatology(cc.members, rng, cc.spinup_steps)
+        X = model.climatology(cc.members, rng, 0)
+    spinup = model.spinup_steps if cc.spinup_steps is None else cc.spinup_steps
     out = np.empty((cc.members, cc.snapshots, model.state_dim))
     bar = None
     if progress:
         from tqdm.auto import tqdm
         bar = tqdm(total=cc.snapshots, desc="climatology", unit="snap", leave=False)
-    X = X0
-    for s in range(cc.snapshots):
-        out[:, s] = X
-        if s + 1 < cc.snapshots:
-            X = model.step(X, cc.spacing)
-        if bar is not None:
-            bar.update(1)
+    workers = _climatology_workers(cc.members)
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        X = _step_members(model, X, spinup, pool, workers)
+        for s in range(cc.snapshots):
+            out[:, s] = X
+            if s + 1 < cc.snapshots:
+                X = _step_members(model, X, cc.spacing, pool, workers)
+            if bar is not None:
+                bar.update(1)
     if bar is not None:
         bar.close()
     if not np.isfinite(out).all():
         raise ValueError("the simulated climatology holds non-finite states; check the "
                          "system settings (time step, viscosity)")
     if use_cache:
+        import zarr
+
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_suffix(".tmp.zarr")
         arr = zarr.create_array(str(tmp), shape=out.shape, dtype="f8", overwrite=True,
@@ -304,8 +328,6 @@ def train_prior(pc: PriorConfig, config_path: str | os.PathLike | None = None, *
     import torch
 
     from latentda import __version__, priors
-    from latentda.experiment import build_model
-
     if out is not None:
         pc = pc.model_copy(update={"output": str(out)})
     paths = output_paths(pc, config_path)
@@ -353,6 +375,8 @@ def train_prior(pc: PriorConfig, config_path: str | os.PathLike | None = None, *
     metrics = evaluate_prior(prior, Xtr, Xte, model, seed=tc.seed)
     n_params = int(sum(p.numel() for p in prior.parameters()))
     cmd = f"latentda train-prior {config_path if config_path is not None else '<config>'}"
+    if device is not None:
+        cmd += f" --device {device}"
     if steps is not None:
         cmd += f" --steps {steps}"
     card: dict[str, Any] = {
