@@ -54,6 +54,7 @@ def main(argv: list[str] | None = None) -> None:
                      gpu if gpu is not None else "no GPU",
                      res["speedup_cuda_vs_cpu"] or "–"])
         print(rows[-1], flush=True)
+    gpu_run = "cuda" in devices
     payload = {
         "title": "Prior throughput: batched encode + decode",
         "script": f"python benchmarks/prior_throughput.py --n {args.n}",
@@ -66,7 +67,8 @@ def main(argv: list[str] | None = None) -> None:
             "rows": rows,
             "notes": "WGAN encoding is an Adam projection with a fixed iteration budget, so it "
                      f"costs that many decoder passes. CPU: {torch.get_num_threads()} torch "
-                     "threads on the machine that ran the CUDA column.",
+                     + ("threads on the machine that ran the CUDA column." if gpu_run
+                        else "threads; no GPU on this machine."),
         }],
     }
     print(write_result("prior_throughput", payload))
