@@ -26,6 +26,7 @@ FLOORS: dict[str, tuple[str, str, float]] = {
     "sw_bump_shift_k16": ("recon_rel_error", "<=", 0.02),
     "sw_bump_basis_k16": ("recon_rel_error", "<=", 0.02),
     "sw_bumps_basis_k16": ("recon_rel_error", "<=", 0.02),
+    "sw_bumps_basis_k7": ("recon_rel_error", "<=", 0.02),
     "sw_vortex_vae_k64": ("recon_rel_error", "<=", 0.05),
     "lv_flow": ("sample_moment_error", "<=", 0.05),
 }
