@@ -17,8 +17,8 @@ analysis that uses one time's observations cannot beat it; a filter below it has
 accumulated information over cycles (through its forecast ensemble).
 
 Writes ``benchmarks/results/sw_information.json`` and refreshes ``docs/benchmarks.md``.
-Run ``python benchmarks/sw_information.py`` (about 2 minutes; the climatologies are
-simulated once and cached).
+Run ``python benchmarks/sw_information.py`` (about 15 s once the priors' climatology is
+cached; simulating it takes about a minute more).
 """
 
 from __future__ import annotations
