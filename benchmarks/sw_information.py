@@ -36,17 +36,19 @@ from _common import write_result  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 PRIORS = ("sw_bumps_basis_k16", "sw_bumps_basis_k7")
-H_MEAN = 100.0
-R = 1.0e-3   # the case's observation-error variance (m^2)
+CASE = ROOT / "cases" / "sw_latent_laplace.yaml"   # its observations are the ones bounded
 
 
 def bounds(name: str, snapshots: tuple[int, ...]) -> dict:
     """Relative-h Cramér–Rao bounds at the test-split states of prior ``name``."""
     import latentda as lda
+    from latentda.config import load_case
+    from latentda.experiment import build_operator
     from latentda.inference.identifiability import observed_jacobian
     from latentda.observations import Subset
     from latentda.prior_training import load_prior_config, simulate_climatology
 
+    case = load_case(CASE)
     pc = load_prior_config(ROOT / "models" / f"{name}.yaml")
     clim = simulate_climatology(pc, progress=False)          # (runs, snapshots, n)
     n_test = max(1, round(pc.split.test * clim.shape[0]))
@@ -55,16 +57,16 @@ def bounds(name: str, snapshots: tuple[int, ...]) -> dict:
     prior = lda.priors.load(ROOT / "models" / f"{name}.pt", device="cpu")
     nx, ny = pc.system.nx, pc.system.ny
     nh = nx * ny
-    obs = Subset.strided_grid(nx, ny, 8, n_fields=3, field=0)   # the case's operator
+    obs = build_operator(case, prior.state_dim)              # the case's 8x8 height grid
     heights = Subset(prior.state_dim, np.arange(nh))
     Z = prior.encode(X)
-    M = observed_jacobian(prior, obs, Z, R)                  # (B, 64, k), whitened
+    M = observed_jacobian(prior, obs, Z, case.observations.error_variance)  # whitened
     Jh = observed_jacobian(prior, heights, Z, 1.0)           # (B, nh, k)
     k = Z.shape[1]
     out = {"likelihood": [], "with_prior": []}
     for b in range(len(X)):
         F = M[b].T @ M[b]
-        rms = np.sqrt(np.mean((X[b, :nh] - H_MEAN) ** 2))
+        rms = np.sqrt(np.mean((X[b, :nh] - pc.system.H) ** 2))
         for key, C in (("likelihood", np.linalg.pinv(F)),
                        ("with_prior", np.linalg.inv(F + np.eye(k)))):
             out[key].append(float(np.sqrt(np.trace(Jh[b] @ C @ Jh[b].T) / nh) / rms))
