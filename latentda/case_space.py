@@ -35,7 +35,7 @@ MAX_BACKGROUND_STATE = 4096
 
 @dataclass
 class SpaceSetup:
-    """The space a case analyses in, with its prior and OOD monitor (None when absent)."""
+    """The space a case analyses in, its prior, monitors and window (None when absent)."""
 
     space: StateSpace | LatentSpace
     prior: Any = None
@@ -43,6 +43,7 @@ class SpaceSetup:
     prior_hash: str = ""
     threads: int | None = None
     identifiability: Any = None
+    window: Any = None
 
     @contextlib.contextmanager
     def torch_threads(self) -> Iterator[None]:
@@ -150,5 +151,16 @@ def build_space(case: cfg.Case, model: Dynamics, operator: ObservationOperator) 
         except ValueError as err:
             raise cfg.CaseError(f"observations.operator: {err} (identifiability diagnostics "
                                 f"need it)") from None
+    window = None
+    if case.window.length > 0:
+        from latentda.window import WindowReanalysis
+
+        try:
+            wc = case.window
+            window = WindowReanalysis(model, space, wc.length, background=wc.background,
+                                      beta=wc.beta, static_var=wc.static_var,
+                                      iterations=wc.iterations)
+        except ValueError as err:
+            raise cfg.CaseError(f"window: {err}") from None
     threads = None if case.prior is None else case.prior.threads
-    return SpaceSetup(space, prior, monitor, digest, threads, ident)
+    return SpaceSetup(space, prior, monitor, digest, threads, ident, window)

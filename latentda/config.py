@@ -370,6 +370,36 @@ class IdentifiabilityConfig(_Strict):
                         "largest count as zero (crlb inf)")
 
 
+class WindowConfig(_Strict):
+    """Window reanalysis: the last observation times analysed again together, in latent space."""
+
+    length: int = Field(0, ge=0, description="after each analysis, analyse the last `length` "
+                        "observation times again together, through the model (a strong-"
+                        "constraint 4D-Var of the latent code at the first of them) and move "
+                        "the analysis mean to its state; 0: off. Needs space.kind latent in "
+                        "mode manifold")
+    background: Literal["prior", "forecast"] = Field(
+        "prior", description="background of the window's code: the prior's N(0, I) "
+        "(nothing counted twice; what came before the window is forgotten), or the forecast "
+        "codes at the window's first time (an iterative ensemble smoother)")
+    beta: float = Field(0.0, ge=0, lt=1, description="background forecast: weight of a "
+                        "static part static_var * I")
+    static_var: float | None = Field(None, gt=0, description="variance of that static part "
+                                     "(required when beta > 0)")
+    iterations: int = Field(20, ge=1, description="Gauss-Newton budget of each start of the "
+                            "window minimisation")
+
+    @model_validator(mode="after")
+    def _static(self) -> WindowConfig:
+        if self.beta > 0 and self.background != "forecast":
+            raise ValueError("window.beta > 0 mixes a static part into the forecast "
+                             "background: set window.background: forecast (or beta: 0)")
+        if self.beta > 0 and self.static_var is None:
+            raise ValueError("window.beta > 0 needs window.static_var (the variance of the "
+                             "static part of the background)")
+        return self
+
+
 class TruthShiftConfig(_Strict):
     """A change of the truth during a twin experiment (out-of-distribution studies)."""
 
@@ -461,6 +491,8 @@ class Case(_Strict):
     identifiability: IdentifiabilityConfig = Field(
         IdentifiabilityConfig(), description="identifiability and Cramer-Rao diagnostics of "
         "the latent code")
+    window: WindowConfig = Field(WindowConfig(), description="window reanalysis of the "
+                                 "latent analysis (off by default)")
     truth_shift: TruthShiftConfig | None = Field(None, description="a change of the truth "
                                                  "half way (OOD studies)")
     expected: dict[str, float] = Field(default_factory=dict,
@@ -524,6 +556,15 @@ class Case(_Strict):
                 and self.filter.method in ("enks", "pf_smoother")):
             raise ValueError("smoothers cannot run in space.mode hybrid (the state correction "
                              "step is not smoothed); use mode noisy_manifold or manifold")
+        if self.window.length > 0:
+            if sp.kind != "latent" or sp.mode != "manifold":
+                raise ValueError("window.length > 0 needs space.kind latent with space.mode "
+                                 "manifold (the analysis ensemble is G(z) of its codes); set "
+                                 "window.length: 0 or analyse in a latent manifold space")
+            if self.filter.method in ("pf", "pf_smoother", "enks"):
+                raise ValueError(f"window.length > 0 cannot follow filter.method "
+                                 f"{self.filter.method} (weighted or smoothed members); use an "
+                                 "ensemble Kalman, Laplace or MCMC analysis")
         if (sp.state_filter is not None and sp.state_filter.method == "letkf"
                 and isinstance(model, LotkaVolterraConfig)):
             raise ValueError("space.state_filter letkf needs a spatial model")
@@ -724,6 +765,7 @@ _REFERENCE_SECTIONS: list[tuple[str, type[BaseModel]]] = [
     ("space.state_filter", StateFilterConfig),
     ("ood", OODConfig),
     ("identifiability", IdentifiabilityConfig),
+    ("window", WindowConfig),
     ("truth_shift", TruthShiftConfig),
     ("output", OutputConfig),
     ("divergence", DivergenceConfig),

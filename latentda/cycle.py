@@ -32,6 +32,7 @@ from latentda.filters.base import EnsembleFilter, Observation
 from latentda.obs_stream import ObservationStream
 from latentda.observations import ObservationOperator
 from latentda.spaces import StateSpace
+from latentda.window import WINDOW_SCALARS
 
 
 class DivergenceError(RuntimeError):
@@ -167,6 +168,13 @@ class Cycle:
         singular values of the whitened observed Jacobian and the Cramér–Rao bounds
         at the analysis code are written every analysis (``identifiability_sv``,
         ``crlb``, dim ``latent``).
+    window : optional
+        A :class:`~latentda.window.WindowReanalysis` (latent space, manifold mode): after
+        each analysis the last observation times are re-analysed together through the
+        model (the forecast codes at its first time as background) and the analysis
+        members are placed by that window's analysis (``window_misfit``,
+        ``window_times`` are written). Not part of the checkpoint: such runs cannot be
+        resumed.
     """
 
     def __init__(self, model: Dynamics, filter: EnsembleFilter, operator: ObservationOperator,
@@ -174,7 +182,8 @@ class Cycle:
                  writer: Any = None, store_ensemble: bool = False,
                  blas_threads: int | None = -1, max_rmse: float | None = None,
                  max_spread: float | None = None, forecaster: Any = None,
-                 monitor: Any = None, identifiability: Any = None) -> None:
+                 monitor: Any = None, identifiability: Any = None, window: Any = None,
+                 ) -> None:
         if not isinstance(model, Dynamics):
             raise ValueError(f"model must be a latentda Dynamics (got {type(model).__name__})")
         if not isinstance(filter, EnsembleFilter):
@@ -207,6 +216,11 @@ class Cycle:
         self.forecaster = forecaster
         self.monitor = monitor
         self.identifiability = identifiability
+        if window is not None and (getattr(self.space, "latent_dim", None) is None
+                                   or window.space is not self.space):
+            raise ValueError("window must be a WindowReanalysis built on this run's latent "
+                             "space (got one for another space, or a state-space run)")
+        self.window = window
         self.store_ensemble = bool(store_ensemble)
         self.last: CycleRecord | None = None
         self.max_rmse = None if max_rmse is None else check_float("max_rmse", max_rmse,
@@ -363,6 +377,12 @@ class Cycle:
             w_a = None if res.weights is None else np.asarray(res.weights, dtype=np.float64)
         else:
             Ea = Ef.copy()
+        win: dict[str, float] = {}
+        if self.window is not None:
+            if analysed:
+                Ea, Za, win = self.window(self.t, obs, Zf, Za, Ea)
+            else:
+                win = self.window.missing()
         if not np.all(np.isfinite(Ea)):
             raise DivergenceError(self.t, "the analysis ensemble is not finite")
         if latent and Zf is None:
@@ -404,7 +424,7 @@ class Cycle:
                           obs_value=y, by_component=by_comp,
                           extra={"forecast_summary": fs, "analysis_summary": an,
                                  "latent_forecast": Zf, "latent_analysis": Za, "ood": ood,
-                                 "identifiability": ident})
+                                 "identifiability": ident, "window": win})
         self.last = rec
         self.cycle_index += 1
         if not self.smoother:
@@ -528,6 +548,9 @@ class Cycle:
             out["ood_flag"] = np.bool_(ood["ood_flag"])
         if self.identifiability is not None:
             out.update(rec.extra.get("identifiability") or self.identifiability.missing())
+        if self.window is not None:
+            win = rec.extra.get("window") or self.window.missing()
+            out.update({k: np.float64(win[k]) for k in WINDOW_SCALARS})
         if self.smoother:
             ss = rec.extra.get("smoothed_summary")
             out["smoothed_mean"] = nan if ss is None else ss.mean
@@ -592,13 +615,14 @@ class Cycle:
 
 
 def output_variables(store_ensemble: bool, smoother: bool = False, latent: bool = False,
-                     ood: bool = False, identifiability: bool = False,
+                     ood: bool = False, identifiability: bool = False, window: bool = False,
                      ) -> list[tuple[str, tuple[str, ...], str, dict]]:
     """The per-cycle variables of the run dataset: (name, dims, dtype, attrs).
 
     ``latent``: the run analyses in a latent space (codes are written);
     ``ood``: it has an out-of-distribution monitor; ``identifiability``: it has an
-    identifiability monitor (variables on the ``latent`` dimension).
+    identifiability monitor (variables on the ``latent`` dimension); ``window``: it
+    has a window reanalysis (:data:`latentda.window.WINDOW_SCALARS`).
     """
     mu = "model units"
     out: list[tuple[str, tuple[str, ...], str, dict]] = [
@@ -651,6 +675,9 @@ def output_variables(store_ensemble: bool, smoother: bool = False, latent: bool 
         out.append(("ood_flag", (), "bool",
                     {"long_name": "observations flagged out of distribution (ood_score below "
                                   "the level)", "units": "1"}))
+    if window:
+        out += [(k, (), "float64", {"long_name": ln, "units": u})
+                for k, (ln, u) in WINDOW_SCALARS.items()]
     if identifiability:
         from latentda.identifiability_monitor import IDENTIFIABILITY_VARIABLES
 

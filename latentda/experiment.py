@@ -276,7 +276,8 @@ def make_writer(p: Prepared, overwrite: bool, *, resume: bool = False,
     ident = setup.identifiability is not None
     variables = [VarSpec(name, dims, dtype, attrs) for name, dims, dtype, attrs
                  in output_variables(case.output.store_ensemble, smoother, latent=k is not None,
-                                     ood=setup.monitor is not None, identifiability=ident)]
+                                     ood=setup.monitor is not None, identifiability=ident,
+                                     window=setup.window is not None)]
     if k is None and ident:
         k = setup.prior.latent_dim
     coords: dict[str, Any] = {
@@ -401,6 +402,10 @@ def run_case(case: cfg.Case, *, store: str | os.PathLike | None = None, overwrit
                             progress=progress)
     if resume and not write:
         raise ValueError("resume needs a store to continue (write=True)")
+    if resume and case.window.length > 0:
+        raise ValueError("--resume is not available with window.length > 0 (the window's "
+                         "observations are not part of the checkpoint); rerun with "
+                         "--overwrite")
     forecaster = Forecaster.from_config(case.parallel)  # validates; starts nothing yet
     p = prepare(case, store=store, overwrite=overwrite or resume, write=write)
     if resume and hasattr(p.filter, "released"):
@@ -425,7 +430,8 @@ def run_case(case: cfg.Case, *, store: str | os.PathLike | None = None, overwrit
                 forecaster=forecaster,
                 space=None if p.setup is None else p.setup.space,
                 monitor=None if p.setup is None else p.setup.monitor,
-                identifiability=None if p.setup is None else p.setup.identifiability)
+                identifiability=None if p.setup is None else p.setup.identifiability,
+                window=None if p.setup is None else p.setup.window)
     try:
         forecaster.start()  # a cluster that cannot be reached fails before any cycle
         if resume and writer.n_written > 0:

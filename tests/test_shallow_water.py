@@ -237,6 +237,32 @@ def test_gaussian_bumps_at_rest_within_amplitude_range():
     assert np.all(sw.total_mass(E) > sw.H * sw.Lx * sw.Ly)
 
 
+def test_bumps_at_places_one_bump_exactly_and_checks_shapes():
+    sw = ShallowWater2D(nx=32, ny=32)
+    # a bump centred on a cell centre: the peak is there, the field is symmetric about it
+    i, j = 10, 20
+    xc, yc = (j + 0.5) * sw.dx, (i + 0.5) * sw.dy
+    E = sw.bumps_at([[1.5]], [[xc]], [[yc]], [[3 * sw.dx]])
+    h, u, v = sw.fields(E)
+    assert np.all(u == 0) and np.all(v == 0)
+    eta = h[0] - sw.H
+    assert np.unravel_index(np.argmax(eta), eta.shape) == (i, j)
+    assert eta[i, j] == pytest.approx(1.5, rel=1e-12)
+    assert eta[i, j + 3] == pytest.approx(eta[i, j - 3], rel=1e-12)
+    assert eta[i + 2, j] == pytest.approx(eta[i - 2, j], rel=1e-12)
+    # gaussian_bumps draws its parameters and builds the same state through bumps_at
+    rng = np.random.default_rng(3)
+    w = rng.uniform(max(0.04 * sw.Lx, 2 * sw.dx), max(0.08 * sw.Lx, 2 * sw.dx), (2, 1))
+    x0, y0 = rng.uniform(0, sw.Lx, (2, 1)), rng.uniform(0, sw.Ly, (2, 1))
+    a = rng.uniform(0.005 * sw.H, 0.02 * sw.H, (2, 1))
+    assert np.array_equal(sw.bumps_at(a, x0, y0, w),
+                          sw.gaussian_bumps(2, np.random.default_rng(3)))
+    with pytest.raises(ValueError, match="xc must be an"):
+        sw.bumps_at([[1.0]], [1.0], [[1.0]], [[1e4]])
+    with pytest.raises(ValueError, match="width must be positive"):
+        sw.bumps_at([[1.0]], [[1.0]], [[1.0]], [[0.0]])
+
+
 def test_fields_pack_roundtrip_and_layout():
     sw = ShallowWater2D(nx=8, ny=6, Ly=7.5e5)
     E = np.random.default_rng(7).standard_normal((3, sw.state_dim))

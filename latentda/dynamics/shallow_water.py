@@ -706,7 +706,35 @@ class ShallowWater2D(Dynamics):
         xc = rng.uniform(0.0, self.Lx, size=(N, K))
         yc = rng.uniform(0.0, self.Ly, size=(N, K))
         a = rng.uniform(lo, hi, size=(N, K))
-        eta = self._gaussians(a, xc, yc, widths, (np.arange(self.nx) + 0.5) * self.dx,
+        return self.bumps_at(a, xc, yc, widths)
+
+    def bumps_at(self, amplitude: np.ndarray, xc: np.ndarray, yc: np.ndarray,
+                 width: np.ndarray) -> np.ndarray:
+        """Gaussian bumps at rest with given parameters (what :meth:`gaussian_bumps` draws).
+
+        Parameters
+        ----------
+        amplitude, xc, yc, width : array_like, shape (N, K)
+            Height (m), centre (m, on ``[0, Lx) x [0, Ly)``) and width (m, > 0) of the
+            ``K`` periodic Gaussians of each of ``N`` states.
+
+        Returns
+        -------
+        ndarray, shape (N, n)
+            ``h = H + sum_k a_k G_k`` on the cell centres, ``u = v = 0``.
+        """
+        arrs = [np.asarray(v, dtype=np.float64) for v in (amplitude, xc, yc, width)]
+        shape = arrs[0].shape
+        for name, v in zip(("amplitude", "xc", "yc", "width"), arrs, strict=True):
+            if v.ndim != 2 or v.shape != shape:
+                raise ValueError(f"{name} must be an (N, K) array like amplitude "
+                                 f"{shape} (got shape {v.shape})")
+            if not np.all(np.isfinite(v)):
+                raise ValueError(f"{name} must be finite")
+        if np.any(arrs[3] <= 0):
+            raise ValueError("width must be positive (metres)")
+        a, xc, yc, w = arrs
+        eta = self._gaussians(a, xc, yc, w, (np.arange(self.nx) + 0.5) * self.dx,
                               (np.arange(self.ny) + 0.5) * self.dy)
         zero = np.zeros_like(eta)
         return self.pack(self.H + eta, zero, zero)

@@ -125,8 +125,8 @@ def gauss_newton(F: Callable[[torch.Tensor], torch.Tensor], yw: np.ndarray | tor
         Most steps (>= 1). ``steps=1`` from ``w = 0`` is the linearized analysis.
     tol : float
         Gradient tolerance relative to ``1 + ||w||``.
-    jacobian : {"forward", "fd"}
-        Exact forward-mode Jacobian, or forward differences.
+    jacobian : {"forward", "fd", "central"}
+        Exact forward-mode Jacobian, forward or central differences.
     dtype : torch.dtype
         Precision inside ``F`` (sets the difference step of ``fd``).
     device : str or torch.device
