@@ -74,6 +74,10 @@ VARIANTS: dict[str, tuple[str, dict, dict | None]] = {
                             {"kind": "latent", "mode": "manifold", "prior": BASIS}),
     "laplace_basis": ("latent Laplace, 2000 starts, basis prior", LAPLACE,
                       {"kind": "latent", "mode": "manifold", "prior": BASIS}),
+    "laplace_manifold_window4": ("latent Laplace, 2000 starts, manifold, then a window "
+                                 "reanalysis of the last 4 observation times",
+                                 LAPLACE, {"kind": "latent", "mode": "manifold",
+                                           "window": {"length": 4}}),
 }
 RELEASE_DEFAULT = ("letkf150", "letkf300", "etkf_manifold", "etkf_hybrid", "laplace_manifold",
                    "laplace_gated", "etkf_manifold_basis", "laplace_basis")
@@ -131,6 +135,8 @@ def case_dict(seed: int, filt: dict, space: dict | None, cycles: int, burn_in: i
     }
     if space is not None:
         space = dict(space)
+        if "window" in space:  # a case-level block carried with the variant's space
+            d["window"] = space.pop("window")
         d["space"] = space
         d["prior"] = {"path": str(ROOT / space.pop("prior", _prior[0])), "device": "cpu"}
     return d
