@@ -19,9 +19,9 @@ the analyses after ``--burn-in``, per seed, and its mean over seeds. Writes
 bump 5 days after its release, a domain-filling gravity-wave field; analyses every 35
 steps) with the state LETKF, the shipped hybrid case and latent analyses on the
 content-basis priors ``models/sw_bumps_basis_k16.pt`` and ``models/sw_bumps_basis_k7.pt``
-(the prior of ``cases/sw_latent_laplace.yaml``), the last two also followed by a window
-reanalysis (``window.length`` 4 and 6, :mod:`latentda.window`); it writes
-``sw_latent_spunup.json`` (about 20 minutes).
+(the prior of ``cases/sw_latent_laplace.yaml``), and the k=7 Laplace analysis followed
+by a window reanalysis (``window.length`` 4 and 6, :mod:`latentda.window`); it writes
+``sw_latent_spunup.json`` (about 12 minutes).
 """
 
 from __future__ import annotations

@@ -32,8 +32,7 @@ from latentda.observations import (
 )
 
 __all__ = ["SUPPORTED_OPERATORS", "batch_jacobian", "central_jacobian", "check_differentiable",
-           "fd_jacobian",
-           "forward_jacobian", "torch_operator", "whitened_forward", "whitener"]
+           "fd_jacobian", "forward_jacobian", "torch_operator", "whitened_forward", "whitener"]
 
 #: observation operators with a torch translation (exact types; subclasses may change ``h``)
 SUPPORTED_OPERATORS: tuple[type[ObservationOperator], ...] = (Identity, Subset, Linear, Arctan,

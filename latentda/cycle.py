@@ -171,10 +171,9 @@ class Cycle:
     window : optional
         A :class:`~latentda.window.WindowReanalysis` (latent space, manifold mode): after
         each analysis the last observation times are re-analysed together through the
-        model (the forecast codes at its first time as background) and the analysis
-        members are placed by that window's analysis (``window_misfit``,
-        ``window_times`` are written). Not part of the checkpoint: such runs cannot be
-        resumed.
+        model and the analysis members are shifted so that their mean is the window's
+        state (``window_misfit``, ``window_times`` are written). Not part of the
+        checkpoint: such runs cannot be resumed.
     """
 
     def __init__(self, model: Dynamics, filter: EnsembleFilter, operator: ObservationOperator,

@@ -30,7 +30,8 @@ approximation were measured worse (their mean smears the wave fields; docs/laten
 
 The window needs a latent space in ``manifold`` mode and a deterministic model. Each
 Gauss–Newton iteration costs ``2 r`` runs of the model across the window (``r = k`` for
-the prior background, ``N`` or ``N + k`` for the forecast one).
+the prior background, ``N`` or ``N + k`` for the forecast one); they run in this
+process, batched, not through a run's Dask forecaster.
 """
 
 from __future__ import annotations

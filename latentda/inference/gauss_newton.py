@@ -128,7 +128,7 @@ def gauss_newton(F: Callable[[torch.Tensor], torch.Tensor], yw: np.ndarray | tor
     jacobian : {"forward", "fd", "central"}
         Exact forward-mode Jacobian, forward or central differences.
     dtype : torch.dtype
-        Precision inside ``F`` (sets the difference step of ``fd``).
+        Precision inside ``F`` (sets the difference step of ``fd`` and ``central``).
     device : str or torch.device
 
     Returns
