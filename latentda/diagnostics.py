@@ -250,3 +250,38 @@ def windowed_chi2_scores(stat: np.ndarray, dof: np.ndarray | float, window: int)
     good = D > 0
     out[good] = chi2.sf(S[good], D[good])
     return out
+
+
+def cusum(z: np.ndarray, drift: float = 0.5) -> np.ndarray:
+    """One-sided Page CUSUM ``S_t = max(0, S_{t-1} + z_t - drift)``, ``S_{-1} = 0``.
+
+    ``z`` is a standardized statistic, about ``N(0, 1)`` in distribution (e.g. the
+    innovation mean along a chosen direction divided by its standard deviation); a
+    persistent shift of its mean by ``delta > drift`` makes ``S`` grow by about
+    ``delta - drift`` per step, so an alarm ``S_t > h`` comes about
+    ``h / (delta - drift)`` steps after the shift. NaN entries (no observation) leave
+    ``S`` unchanged.
+
+    Parameters
+    ----------
+    z : ndarray, shape (T,)
+    drift : float
+        Reference value ``k >= 0`` (half the shift to detect, in standard deviations).
+
+    Returns
+    -------
+    ndarray, shape (T,)
+    """
+    from latentda._validate import check_float
+
+    drift = check_float("drift", drift, min_value=0.0)
+    z = np.asarray(z, dtype=np.float64)
+    if z.ndim != 1:
+        raise ValueError(f"z must be one-dimensional (got shape {z.shape})")
+    S = np.empty(z.size)
+    s = 0.0
+    for t, v in enumerate(z):
+        if np.isfinite(v):
+            s = max(0.0, s + v - drift)
+        S[t] = s
+    return S

@@ -120,3 +120,28 @@ def test_windowed_chi2_scores_sum_the_window():
     x = rng.chisquare(6, size=20000)
     sc = windowed_chi2_scores(x, 6, 3)
     assert abs(np.mean(sc[2:] < 0.05) - 0.05) < 0.01
+
+
+def test_cusum_recursion_and_detection_delay_of_a_mean_shift():
+    from latentda.diagnostics import cusum
+
+    # the recursion by hand, NaN leaves it unchanged
+    z = np.array([1.0, -2.0, 0.8, np.nan, 1.5, 0.2])
+    np.testing.assert_allclose(cusum(z, 0.5), [0.5, 0.0, 0.3, 0.3, 1.3, 1.0])
+    # N(0, 1) in distribution: the statistic stays small; a mean shift of 2 (> drift
+    # 0.5) makes it grow by about 1.5 per step, so h = 6 is crossed about 4 steps later
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal(20000)
+    S0 = cusum(x, 0.5)
+    h = np.quantile(S0, 0.99)
+    assert 2.0 < h < 6.0
+    delays = []
+    for _ in range(200):
+        zs = np.concatenate([rng.standard_normal(300), rng.standard_normal(30) + 2.0])
+        S = cusum(zs, 0.5)
+        delays.append(int(np.argmax(S[300:] > h)))
+    assert 0.5 * h / 1.5 < np.mean(delays) < 1.5 * h / 1.5 + 1
+    with pytest.raises(ValueError, match="drift"):
+        cusum(x, -1.0)
+    with pytest.raises(ValueError, match="one-dimensional"):
+        cusum(np.zeros((2, 2)))
