@@ -12,6 +12,8 @@ import numpy as np
 from numba import njit
 from scipy.linalg import solve_triangular
 
+from latentda._validate import check_float
+
 
 def rmse(mean: np.ndarray, truth: np.ndarray) -> float:
     """Root-mean-square error of an estimate over the state variables."""
@@ -272,8 +274,6 @@ def cusum(z: np.ndarray, drift: float = 0.5) -> np.ndarray:
     -------
     ndarray, shape (T,)
     """
-    from latentda._validate import check_float
-
     drift = check_float("drift", drift, min_value=0.0)
     z = np.asarray(z, dtype=np.float64)
     if z.ndim != 1:
