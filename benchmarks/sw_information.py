@@ -89,17 +89,14 @@ FAMILY_VAR = {"amplitude": 1.5 ** 2 / 12.0, "width": 40e3 ** 2 / 12.0}
 def _truth_parameters(model, seed: int) -> np.ndarray:
     """(xc, yc, amplitude, width) of the bump of the case's truth for ``seed``.
 
-    The draws of :meth:`ShallowWater2D.gaussian_bumps` (defaults) from the case's truth
-    stream, in its order; the caller checks that they rebuild the truth exactly.
+    :meth:`ShallowWater2D.gaussian_bump_parameters` on the case's truth stream (the
+    first draws of the truth's ``gaussian_bumps``); the caller checks that they
+    rebuild the truth exactly.
     """
     from latentda.experiment import _TRUTH
 
-    rng = np.random.default_rng([seed, _TRUTH])
-    lmin, floor = min(model.Lx, model.Ly), 2.0 * max(model.dx, model.dy)
-    w = rng.uniform(max(0.04 * lmin, floor), max(0.08 * lmin, floor))
-    xc, yc = rng.uniform(0.0, model.Lx), rng.uniform(0.0, model.Ly)
-    a = rng.uniform(0.005 * model.H, 0.02 * model.H)
-    return np.array([xc, yc, a, w])
+    a, xc, yc, w = model.gaussian_bump_parameters(1, np.random.default_rng([seed, _TRUTH]))
+    return np.array([xc[0, 0], yc[0, 0], a[0, 0], w[0, 0]])
 
 
 def oracle(seed: int, strides: tuple[int, ...], burn_in: int) -> dict:

@@ -130,11 +130,6 @@ class WindowReanalysis:
         return (f"WindowReanalysis(length={self.length}, background={self.background!r}"
                 f"{static}, iterations={self.iterations})")
 
-    def reset(self) -> None:
-        """Forget the window (e.g. before a new run)."""
-        self._hist.clear()
-        self._last = None
-
     def missing(self) -> dict[str, float]:
         """The values of a cycle without observations (NaN); the window keeps its times."""
         return dict.fromkeys(WINDOW_SCALARS, float("nan"))
@@ -183,7 +178,8 @@ class WindowReanalysis:
         Zf, Za : ndarray, shape (N, k)
             The run's forecast codes at ``time`` (the forecast background of a later
             window that starts here) and the filter's analysis codes (their mean is a
-            start of such a window).
+            start while the window holds this time alone; once analysed, the time keeps
+            the code of the window's state as the start of later windows).
         Ea : ndarray, shape (N, n)
             The filter's analysis members (their anomalies are kept).
 

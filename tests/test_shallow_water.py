@@ -250,13 +250,15 @@ def test_bumps_at_places_one_bump_exactly_and_checks_shapes():
     assert eta[i, j] == pytest.approx(1.5, rel=1e-12)
     assert eta[i, j + 3] == pytest.approx(eta[i, j - 3], rel=1e-12)
     assert eta[i + 2, j] == pytest.approx(eta[i - 2, j], rel=1e-12)
-    # gaussian_bumps draws its parameters and builds the same state through bumps_at
-    rng = np.random.default_rng(3)
-    w = rng.uniform(max(0.04 * sw.Lx, 2 * sw.dx), max(0.08 * sw.Lx, 2 * sw.dx), (2, 1))
-    x0, y0 = rng.uniform(0, sw.Lx, (2, 1)), rng.uniform(0, sw.Ly, (2, 1))
-    a = rng.uniform(0.005 * sw.H, 0.02 * sw.H, (2, 1))
+    # gaussian_bumps is bumps_at of gaussian_bump_parameters (same draws), whose
+    # parameters lie in the documented default ranges
+    a, x0, y0, w = sw.gaussian_bump_parameters(50, np.random.default_rng(3))
+    assert a.shape == x0.shape == y0.shape == w.shape == (50, 1)
+    assert np.all((a >= 0.005 * sw.H) & (a <= 0.02 * sw.H))
+    assert np.all((w >= 0.04 * sw.Lx) & (w <= 0.08 * sw.Lx))
+    assert np.all((x0 >= 0) & (x0 < sw.Lx) & (y0 >= 0) & (y0 < sw.Ly))
     assert np.array_equal(sw.bumps_at(a, x0, y0, w),
-                          sw.gaussian_bumps(2, np.random.default_rng(3)))
+                          sw.gaussian_bumps(50, np.random.default_rng(3)))
     with pytest.raises(ValueError, match="xc must be an"):
         sw.bumps_at([[1.0]], [1.0], [[1.0]], [[1e4]])
     with pytest.raises(ValueError, match="width must be positive"):

@@ -685,11 +685,26 @@ class ShallowWater2D(Dynamics):
         positions, widths uniform in ``width`` (default ``(0.04, 0.08) min(Lx, Ly)``,
         at least two cells) and heights ``a_k`` uniform in ``amplitude`` (m; default
         ``(0.005, 0.02) H``; negative values give depressions); ``u = v = 0``. The
-        mean depth is not renormalized (the bump adds mass).
+        mean depth is not renormalized (the bump adds mass). The same as
+        ``bumps_at(*gaussian_bump_parameters(N, rng, ...))``.
 
         Returns
         -------
         ndarray, shape (N, n)
+        """
+        return self.bumps_at(*self.gaussian_bump_parameters(N, rng, n_bumps, amplitude,
+                                                            width))
+
+    def gaussian_bump_parameters(self, N: int, rng: np.random.Generator, n_bumps: int = 1,
+                                 amplitude: tuple[float, float] | None = None,
+                                 width: tuple[float, float] | None = None,
+                                 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """The random parameters of :meth:`gaussian_bumps` (same arguments, same draws).
+
+        Returns
+        -------
+        (amplitude, xc, yc, width) : ndarrays, shape (N, n_bumps)
+            What :meth:`bumps_at` takes.
         """
         N = check_int("N", N, min_value=1)
         rng = check_rng(rng)
@@ -706,7 +721,7 @@ class ShallowWater2D(Dynamics):
         xc = rng.uniform(0.0, self.Lx, size=(N, K))
         yc = rng.uniform(0.0, self.Ly, size=(N, K))
         a = rng.uniform(lo, hi, size=(N, K))
-        return self.bumps_at(a, xc, yc, widths)
+        return a, xc, yc, widths
 
     def bumps_at(self, amplitude: np.ndarray, xc: np.ndarray, yc: np.ndarray,
                  width: np.ndarray) -> np.ndarray:
