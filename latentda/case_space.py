@@ -44,6 +44,7 @@ class SpaceSetup:
     threads: int | None = None
     identifiability: Any = None
     window: Any = None
+    bias: Any = None
 
     @contextlib.contextmanager
     def torch_threads(self) -> Iterator[None]:
@@ -162,5 +163,11 @@ def build_space(case: cfg.Case, model: Dynamics, operator: ObservationOperator) 
                                       iterations=wc.iterations)
         except ValueError as err:
             raise cfg.CaseError(f"window: {err}") from None
+    bias = None
+    if case.bias.enabled:
+        from latentda.bias_monitor import BiasMonitor
+
+        bc = case.bias
+        bias = BiasMonitor(drift=bc.drift, level=bc.level, two_sided=bc.two_sided)
     threads = None if case.prior is None else case.prior.threads
-    return SpaceSetup(space, prior, monitor, digest, threads, ident, window)
+    return SpaceSetup(space, prior, monitor, digest, threads, ident, window, bias)

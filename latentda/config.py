@@ -400,6 +400,22 @@ class WindowConfig(_Strict):
         return self
 
 
+class BiasConfig(_Strict):
+    """A CUSUM of the standardized innovation mean: forecast bias, every analysis."""
+
+    enabled: bool = Field(False, description="write bias_z (the mean over the valid "
+                          "observations of the innovations in units of their error "
+                          "standard deviations, over its predicted standard deviation), "
+                          "bias_cusum and bias_flag; needs no prior (any space)")
+    drift: float = Field(0.5, gt=0, description="the CUSUM's reference value k, in standard "
+                         "deviations of bias_z: about half the shift to detect fastest")
+    level: float = Field(0.01, gt=0, lt=1, description="per-cycle false-alarm probability "
+                         "of an unbiased, consistent forecast (sets the threshold from the "
+                         "CUSUM's stationary law; no calibration run)")
+    two_sided: bool = Field(True, description="also flag forecasts above the observations "
+                            "(each side gets level / 2)")
+
+
 class TruthShiftConfig(_Strict):
     """A change of the truth during a twin experiment (out-of-distribution studies)."""
 
@@ -493,6 +509,8 @@ class Case(_Strict):
         "the latent code")
     window: WindowConfig = Field(WindowConfig(), description="window reanalysis of the "
                                  "latent analysis (off by default)")
+    bias: BiasConfig = Field(BiasConfig(), description="forecast-bias monitor from the "
+                             "innovations (off by default)")
     truth_shift: TruthShiftConfig | None = Field(None, description="a change of the truth "
                                                  "half way (OOD studies)")
     expected: dict[str, float] = Field(default_factory=dict,
@@ -766,6 +784,7 @@ _REFERENCE_SECTIONS: list[tuple[str, type[BaseModel]]] = [
     ("ood", OODConfig),
     ("identifiability", IdentifiabilityConfig),
     ("window", WindowConfig),
+    ("bias", BiasConfig),
     ("truth_shift", TruthShiftConfig),
     ("output", OutputConfig),
     ("divergence", DivergenceConfig),

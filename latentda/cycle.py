@@ -27,6 +27,7 @@ import numpy as np
 
 from latentda import diagnostics as dg
 from latentda._validate import check_ensemble, check_float, check_int
+from latentda.bias_monitor import BIAS_SCALARS
 from latentda.dynamics.base import Dynamics
 from latentda.filters.base import EnsembleFilter, Observation
 from latentda.obs_stream import ObservationStream
@@ -162,7 +163,8 @@ class Cycle:
         An out-of-distribution monitor (:class:`latentda.ood_monitor.OODMonitor`): called
         with the valid observations, their error covariance, the valid-mask and the
         analysis mean every analysis; its values (:data:`OOD_SCALARS` and
-        ``ood_flag``) are written.
+        ``ood_flag``) are written. Its trailing window (``ood.window``) is part of
+        the checkpoint.
     identifiability : optional
         An :class:`~latentda.identifiability_monitor.IdentifiabilityMonitor`: the
         singular values of the whitened observed Jacobian and the Cramér–Rao bounds
@@ -174,6 +176,10 @@ class Cycle:
         model and the analysis members are shifted so that their mean is the window's
         state (``window_misfit``, ``window_times`` are written). Not part of the
         checkpoint: such runs cannot be resumed.
+    bias : optional
+        A :class:`~latentda.bias_monitor.BiasMonitor`: a CUSUM of the standardized
+        innovation mean over the valid observations, every analysis (``bias_z``,
+        ``bias_cusum``, ``bias_flag``); its state is part of the checkpoint.
     """
 
     def __init__(self, model: Dynamics, filter: EnsembleFilter, operator: ObservationOperator,
@@ -182,7 +188,7 @@ class Cycle:
                  blas_threads: int | None = -1, max_rmse: float | None = None,
                  max_spread: float | None = None, forecaster: Any = None,
                  monitor: Any = None, identifiability: Any = None, window: Any = None,
-                 ) -> None:
+                 bias: Any = None) -> None:
         if not isinstance(model, Dynamics):
             raise ValueError(f"model must be a latentda Dynamics (got {type(model).__name__})")
         if not isinstance(filter, EnsembleFilter):
@@ -220,6 +226,7 @@ class Cycle:
             raise ValueError("window must be a WindowReanalysis built on this run's latent "
                              "space (got one for another space, or a state-space run)")
         self.window = window
+        self.bias = bias
         self.store_ensemble = bool(store_ensemble)
         self.last: CycleRecord | None = None
         self.max_rmse = None if max_rmse is None else check_float("max_rmse", max_rmse,
@@ -376,6 +383,9 @@ class Cycle:
             w_a = None if res.weights is None else np.asarray(res.weights, dtype=np.float64)
         else:
             Ea = Ef.copy()
+        bias: dict[str, Any] = {}
+        if self.bias is not None:  # the forecast's innovations, before anything moves Ea
+            bias = self.bias(asm.HE, obs.y, obs.R) if analysed else self.bias.missing()
         win: dict[str, float] = {}
         if self.window is not None:
             if analysed:
@@ -423,7 +433,7 @@ class Cycle:
                           obs_value=y, by_component=by_comp,
                           extra={"forecast_summary": fs, "analysis_summary": an,
                                  "latent_forecast": Zf, "latent_analysis": Za, "ood": ood,
-                                 "identifiability": ident, "window": win})
+                                 "identifiability": ident, "window": win, "bias": bias})
         self.last = rec
         self.cycle_index += 1
         if not self.smoother:
@@ -471,10 +481,17 @@ class Cycle:
     # ------------------------------------------------------------------ resume
 
     def checkpoint(self) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
-        """What a run needs to continue exactly from here: ensemble, time, filter state."""
+        """What a run needs to continue exactly from here: ensemble, time, filter and
+        monitor state."""
+        monitors = {name: mon.get_state() for name, mon in self._stateful_monitors().items()}
         return ({"ensemble": self.E},
                 {"time": self.t, "cycle_index": self.cycle_index,
-                 "filter_state": self.filter.get_state()})
+                 "filter_state": self.filter.get_state(), "monitor_state": monitors})
+
+    def _stateful_monitors(self) -> dict[str, Any]:
+        """The monitors that carry state from cycle to cycle (part of the checkpoint)."""
+        out = {"ood": self.monitor, "bias": self.bias}
+        return {k: m for k, m in out.items() if m is not None and hasattr(m, "get_state")}
 
     def restore(self, arrays: dict[str, np.ndarray], meta: dict[str, Any]) -> None:
         """Continue from a :meth:`checkpoint` (e.g. read back from a store).
@@ -490,6 +507,9 @@ class Cycle:
         self.t = float(meta["time"])
         self.cycle_index = int(meta["cycle_index"])
         self.filter.set_state(meta.get("filter_state") or {})
+        states = meta.get("monitor_state") or {}
+        for name, mon in self._stateful_monitors().items():
+            mon.set_state(states.get(name) or {})
         w = getattr(self.filter, "weights", None)
         self.weights = None if w is None else np.asarray(w, dtype=np.float64)
 
@@ -550,6 +570,10 @@ class Cycle:
         if self.window is not None:
             win = rec.extra.get("window") or self.window.missing()
             out.update({k: np.float64(win[k]) for k in WINDOW_SCALARS})
+        if self.bias is not None:
+            bias = rec.extra.get("bias") or self.bias.missing()
+            out.update({k: np.float64(bias[k]) for k in BIAS_SCALARS})
+            out["bias_flag"] = np.bool_(bias["bias_flag"])
         if self.smoother:
             ss = rec.extra.get("smoothed_summary")
             out["smoothed_mean"] = nan if ss is None else ss.mean
@@ -615,13 +639,14 @@ class Cycle:
 
 def output_variables(store_ensemble: bool, smoother: bool = False, latent: bool = False,
                      ood: bool = False, identifiability: bool = False, window: bool = False,
-                     ) -> list[tuple[str, tuple[str, ...], str, dict]]:
+                     bias: bool = False) -> list[tuple[str, tuple[str, ...], str, dict]]:
     """The per-cycle variables of the run dataset: (name, dims, dtype, attrs).
 
     ``latent``: the run analyses in a latent space (codes are written);
     ``ood``: it has an out-of-distribution monitor; ``identifiability``: it has an
     identifiability monitor (variables on the ``latent`` dimension); ``window``: it
-    has a window reanalysis (:data:`latentda.window.WINDOW_SCALARS`).
+    has a window reanalysis (:data:`latentda.window.WINDOW_SCALARS`); ``bias``: it has
+    a bias monitor (:data:`latentda.bias_monitor.BIAS_SCALARS` and ``bias_flag``).
     """
     mu = "model units"
     out: list[tuple[str, tuple[str, ...], str, dict]] = [
@@ -677,6 +702,12 @@ def output_variables(store_ensemble: bool, smoother: bool = False, latent: bool 
     if window:
         out += [(k, (), "float64", {"long_name": ln, "units": u})
                 for k, (ln, u) in WINDOW_SCALARS.items()]
+    if bias:
+        out += [(k, (), "float64", {"long_name": ln, "units": u})
+                for k, (ln, u) in BIAS_SCALARS.items()]
+        out.append(("bias_flag", (), "bool",
+                    {"long_name": "forecast bias flagged (|bias_cusum| above the threshold)",
+                     "units": "1"}))
     if identifiability:
         from latentda.identifiability_monitor import IDENTIFIABILITY_VARIABLES
 

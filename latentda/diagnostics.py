@@ -285,3 +285,128 @@ def cusum(z: np.ndarray, drift: float = 0.5) -> np.ndarray:
             s = max(0.0, s + v - drift)
         S[t] = s
     return S
+
+
+def cusum_tail(drift: float, h_max: float, nodes: int = 1500) -> tuple[np.ndarray, np.ndarray]:
+    """Stationary tail ``P(S > s)`` of the CUSUM of ``N(0, 1)`` statistics, on a grid.
+
+    In distribution ``S_t = max(0, S_{t-1} + z_t - drift)`` with ``z_t ~ N(0, 1)`` is
+    a Lindley recursion; for ``drift > 0`` it has a stationary law, that of the
+    maximum of a random walk with increments ``N(-drift, 1)``. It is computed here
+    for the walk rounded to the nearest of ``nodes + 1`` grid points on ``[0, h_max]``
+    (mass beyond ``h_max`` is kept at it): the stationary vector of that Markov
+    chain, by one linear solve. A grid point ``s_i`` stands for ``[s_i - delta / 2,
+    s_i + delta / 2)``, ``delta = h_max / nodes``, so the tail is returned at the
+    upper ends ``s_i + delta / 2``; rounding adds a variance ``delta^2 / 12`` per
+    step.
+
+    Parameters
+    ----------
+    drift : float
+        The CUSUM's reference value ``k > 0``.
+    h_max : float
+        Upper end of the grid (choose it where the tail is negligible).
+    nodes : int
+        Grid intervals.
+
+    Returns
+    -------
+    s, tail : ndarray, shape (nodes + 1,)
+        Points ``s`` (the grid's cell ends) and ``P(S > s)`` at them.
+    """
+    from scipy.stats import norm
+
+    drift = check_float("drift", drift, positive=True)
+    h_max = check_float("h_max", h_max, positive=True)
+    if int(nodes) < 10:
+        raise ValueError(f"nodes must be >= 10 (got {nodes})")
+    M = int(nodes)
+    d = h_max / M
+    i = np.arange(M + 1)
+    diff = (i[None, :] - i[:, None]) * d + drift  # (target - source) + drift
+    P = norm.cdf(diff + 0.5 * d) - norm.cdf(diff - 0.5 * d)
+    P[:, 0] = norm.cdf(0.5 * d - i * d + drift)  # everything at or below 0 stays at 0
+    P[:, -1] = norm.sf((M - 0.5) * d - i * d + drift)  # beyond the grid: kept at h_max
+    A = P.T - np.eye(M + 1)
+    A[-1, :] = 1.0  # the stationary vector sums to one
+    b = np.zeros(M + 1)
+    b[-1] = 1.0
+    pi = np.clip(np.linalg.solve(A, b), 0.0, None)
+    tail = np.append(np.cumsum(pi[::-1])[::-1][1:], 0.0)  # P(S > s_i) = sum_{j > i} pi_j
+    return (i + 0.5) * d, tail / pi.sum()
+
+
+def cusum_threshold(drift: float, level: float, two_sided: bool = False) -> float:
+    """Threshold ``h`` of a CUSUM of ``N(0, 1)`` statistics at a per-cycle false-alarm level.
+
+    ``h`` is where the stationary in-distribution law of :func:`cusum` has
+    ``P(S > h) = level`` (:func:`cusum_tail`, interpolated log-linearly between grid
+    points), so ``level`` is the long-run fraction of in-distribution cycles with
+    ``S > h``. ``two_sided``: the upper and the lower CUSUM (of ``z`` and ``-z``)
+    each get ``level / 2``; as they are rarely both positive, their union is flagged
+    on a fraction just below ``level``.
+
+    Parameters
+    ----------
+    drift : float
+        Reference value ``k > 0``.
+    level : float
+        Per-cycle false-alarm probability, in (0, 1).
+    two_sided : bool
+        Whether the threshold serves a pair of CUSUMs (shifts of either sign).
+
+    Returns
+    -------
+    float
+    """
+    drift = check_float("drift", drift, positive=True)
+    level = check_float("level", level, positive=True, max_value=1.0)
+    if level >= 1.0:
+        raise ValueError(f"level must be < 1 (got {level})")
+    a = level / 2.0 if two_sided else level
+    # the tail decays about like exp(-2 drift s): the grid reaches well beyond the level
+    h_max = (np.log(1.0 / a) + 8.0) / (2.0 * drift) + 4.0
+    s, tail = cusum_tail(drift, h_max)
+    if tail[0] <= a:  # P(S > 0) itself is about below the level: any positive S alarms
+        return 0.0
+    j = int(np.argmax(tail <= a))  # first grid point at or below the level
+    lo, hi = np.log(tail[j - 1]), np.log(max(tail[j], 1e-300))
+    frac = (lo - np.log(a)) / (lo - hi) if lo > hi else 0.0
+    return float(s[j - 1] + frac * (s[j] - s[j - 1]))
+
+
+def innovation_mean_z(HE: np.ndarray, y: np.ndarray, R: np.ndarray) -> float:
+    """The innovation mean over the observations, in units of its predicted standard deviation.
+
+    ``z = w^T d / sqrt(w^T (H P H^T + R) w)`` with ``d = y - mean(HE)``,
+    ``w_i = 1 / (m sigma_i)`` (``sigma_i^2 = R_ii``: the mean of the innovations, each
+    in units of its own observation-error standard deviation, so observations of
+    different quantities and units can be pooled; the plain mean when all errors are
+    alike) and ``H P H^T`` the covariance of the forecast ensemble in observation space
+    ``HE`` (``ddof = 1``), as in :func:`innovation_statistics`. For an unbiased,
+    consistent forecast ``z`` is about ``N(0, 1)``; a model error that moves every
+    observed value the same way (a tendency bias) shifts its mean.
+
+    Parameters
+    ----------
+    HE : ndarray, shape (N, m)
+        Forecast ensemble in observation space.
+    y : ndarray, shape (m,)
+    R : ndarray, shape (m, m)
+        Observation-error covariance.
+
+    Returns
+    -------
+    float
+    """
+    HE = np.asarray(HE, dtype=np.float64)
+    y = np.asarray(y, dtype=np.float64)
+    R = np.asarray(R, dtype=np.float64)
+    N, m = HE.shape
+    if y.shape != (m,) or R.shape != (m, m):
+        raise ValueError(f"y must have shape ({m},) and R ({m}, {m}) for HE of shape "
+                         f"{HE.shape} (got {y.shape}, {R.shape})")
+    w = 1.0 / (m * np.sqrt(np.diag(R)))
+    proj = HE @ w  # w^T (H x_i) per member
+    var = float(w @ R @ w) + (float(np.var(proj, ddof=1)) if N > 1 else 0.0)
+    return float((w @ y - proj.mean()) / np.sqrt(var))

@@ -277,7 +277,8 @@ def make_writer(p: Prepared, overwrite: bool, *, resume: bool = False,
     variables = [VarSpec(name, dims, dtype, attrs) for name, dims, dtype, attrs
                  in output_variables(case.output.store_ensemble, smoother, latent=k is not None,
                                      ood=setup.monitor is not None, identifiability=ident,
-                                     window=setup.window is not None)]
+                                     window=setup.window is not None,
+                                     bias=setup.bias is not None)]
     if k is None and ident:
         k = setup.prior.latent_dim
     coords: dict[str, Any] = {
@@ -310,10 +311,13 @@ def make_writer(p: Prepared, overwrite: bool, *, resume: bool = False,
         "prior_checkpoint_sha256": setup.prior_hash,
         "ood_monitor": "" if setup.monitor is None else repr(setup.monitor),
         "identifiability_monitor": "" if not ident else repr(setup.identifiability),
+        "bias_monitor": "" if setup.bias is None else repr(setup.bias),
         "ensemble_size": int(p.ensemble.shape[0]),
         "burn_in_cycles": case.burn_in,
         "has_truth": int(p.stream.has_truth),
     }
+    if setup.bias is not None:
+        attrs["bias_threshold"] = setup.bias.threshold
     time_attrs = {"units": "model time units", "long_name": "analysis time",
                   "standard_name": "time", "axis": "T"}
     return RunWriter(p.store, variables=variables, coords=coords,
@@ -431,7 +435,8 @@ def run_case(case: cfg.Case, *, store: str | os.PathLike | None = None, overwrit
                 space=None if p.setup is None else p.setup.space,
                 monitor=None if p.setup is None else p.setup.monitor,
                 identifiability=None if p.setup is None else p.setup.identifiability,
-                window=None if p.setup is None else p.setup.window)
+                window=None if p.setup is None else p.setup.window,
+                bias=None if p.setup is None else p.setup.bias)
     try:
         forecaster.start()  # a cluster that cannot be reached fails before any cycle
         if resume and writer.n_written > 0:

@@ -97,6 +97,14 @@ class OODMonitor:
                 f"steps={self.steps}, window={self.window}, "
                 f"include_prior_error={self.include_prior_error})")
 
+    def get_state(self) -> dict[str, Any]:
+        """The residuals of the trailing window (part of a run's checkpoint)."""
+        return {"recent": [[float(stat), int(dof)] for stat, dof in self._recent]}
+
+    def set_state(self, state: dict[str, Any]) -> None:
+        """Continue from :meth:`get_state`."""
+        self._recent = [(float(stat), int(dof)) for stat, dof in state.get("recent", [])]
+
     def prior_error(self, op: ObservationOperator, x: np.ndarray) -> np.ndarray:
         """``H Sigma_eta H^T``: the prior's residual covariance in observation space."""
         cov = np.asarray(self.prior.residual_cov, dtype=np.float64)

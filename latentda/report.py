@@ -200,15 +200,44 @@ def fig_ood(ds: xr.Dataset, out: Path) -> Path:
     a3.plot(t, ds["manifold_distance"].values, "C2-", lw=0.7)
     a3.set_ylabel(f"manifold distance ({ds['manifold_distance'].attrs.get('units', '')})")
     a3.set_xlabel(f"time ({_tunit(ds)})")
-    shift = json.loads(ds.attrs.get("case_config", "{}")).get("truth_shift")
-    if shift:
-        ts = t[min(int(shift["cycle"]), t.size - 1)]
-        for ax in (a1, a2, a3):
-            ax.axvline(ts, color="k", ls="--", lw=0.8)
-        a1.text(ts, a1.get_ylim()[1], " truth shift", va="top", fontsize=8)
+    _mark_shift(ds, t, [a1, a2, a3])
     a1.legend(loc="upper left", fontsize=8)
     a1.set_title("Out-of-distribution diagnostics of the observations")
     return _save(fig, out / "ood.png")
+
+
+def _mark_shift(ds: xr.Dataset, t: np.ndarray, axes: list) -> None:
+    """A dashed line at a case's truth shift (if it has one)."""
+    shift = json.loads(ds.attrs.get("case_config", "{}")).get("truth_shift")
+    if shift:
+        ts = t[min(int(shift["cycle"]), t.size - 1)]
+        for ax in axes:
+            ax.axvline(ts, color="k", ls="--", lw=0.8)
+        axes[0].text(ts, axes[0].get_ylim()[1], " truth shift", va="top", fontsize=8)
+
+
+def fig_bias(ds: xr.Dataset, out: Path) -> Path:
+    """The standardized innovation mean and its CUSUM against the alarm threshold."""
+    plt = _plt()
+    t = ds["time"].values
+    fig, (a1, a2) = plt.subplots(2, 1, figsize=(8, 5.5), sharex=True)
+    flag = ds["bias_flag"].values.astype(bool)
+    z, S = ds["bias_z"].values, ds["bias_cusum"].values
+    a1.plot(t, z, "C0-", lw=0.7)
+    a1.axhline(0.0, color="k", lw=0.5)
+    a1.set_ylabel("bias_z (1)")
+    a2.plot(t, S, "C0-", lw=0.7, label="bias_cusum")
+    a2.plot(t[flag], S[flag], "C3.", ms=4, label="flagged")
+    h = ds.attrs.get("bias_threshold")
+    if h is not None:
+        a2.axhline(float(h), color="C3", ls="--", lw=0.8, label=f"threshold {float(h):.3g}")
+        a2.axhline(-float(h), color="C3", ls="--", lw=0.8)
+    a2.set_ylabel("CUSUM (1)")
+    a2.set_xlabel(f"time ({_tunit(ds)})")
+    a2.legend(loc="upper left", fontsize=8)
+    _mark_shift(ds, t, [a1, a2])
+    a1.set_title("Forecast bias: standardized innovation mean and its CUSUM")
+    return _save(fig, out / "bias.png")
 
 
 def fig_identifiability(ds: xr.Dataset, out: Path) -> Path:
@@ -313,6 +342,8 @@ def make_report(store: str | os.PathLike, out: str | os.PathLike | None = None) 
         figs.append(fig_ess(ds, out))
     if "ood_residual" in ds:
         figs.append(fig_ood(ds, out))
+    if "bias_cusum" in ds:
+        figs.append(fig_bias(ds, out))
     if "identifiability_sv" in ds:
         figs.append(fig_identifiability(ds, out))
     tail = ds.isel(time=slice(burn_in, None))
@@ -335,6 +366,15 @@ def make_report(store: str | os.PathLike, out: str | os.PathLike | None = None) 
                   f"{100 * float(tail['ood_flag'].astype(float).mean()):.1f}% of analyses "
                   f"flagged (`{ds.attrs.get('ood_monitor', '')}`), mean manifold distance "
                   f"{float(tail['manifold_distance'].mean()):.3g}.", ""]
+    if "bias_cusum" in ds:
+        flagged = ds["bias_flag"].values.astype(bool)
+        first = np.flatnonzero(flagged)
+        lines += [f"Forecast bias: bias_z mean {float(np.nanmean(tail['bias_z'].values)):.3g}, "
+                  f"std {float(np.nanstd(tail['bias_z'].values)):.3g} (about 0 and 1 without "
+                  f"bias); {100 * float(tail['bias_flag'].astype(float).mean()):.1f}% of "
+                  "analyses after the burn-in flagged"
+                  + (f", first at cycle {int(first[0])}" if first.size else "")
+                  + f" (`{ds.attrs.get('bias_monitor', '')}`).", ""]
     if "map_iterations" in ds and np.isfinite(tail["map_iterations"].values).any():
         line = (f"Gradient-based analysis: {float(tail['map_iterations'].mean()):.3g} "
                 f"Gauss-Newton iterations per analysis, largest Hessian damping "

@@ -50,12 +50,15 @@ def test_report_of_a_latent_run_with_a_truth_shift_shows_ood(tmp_path):
                        "prior": {"path": str(vae), "device": "cpu"},
                        "space": {"kind": "latent", "mode": "noisy_manifold"},
                        "filter": {"method": "etkf", "inflation": 1.05},
+                       "bias": {"enabled": True},
                        "truth_shift": {"cycle": 4, "parameters": {"F": 10.0}}})
     _, store = run_case(case, store=tmp_path / "r.zarr")
     assert main(["report", str(store), "--out", str(tmp_path / "rep")]) == 0
     md = (tmp_path / "rep" / "report.md").read_text()
     assert "(ood.png)" in md and "OOD: mean ood_residual" in md
-    assert (tmp_path / "rep" / "ood.png").read_bytes()[:8] == PNG
+    assert "(bias.png)" in md and "Forecast bias: bias_z mean" in md
+    for name in ("ood", "bias"):
+        assert (tmp_path / "rep" / f"{name}.png").read_bytes()[:8] == PNG
 
 
 def test_report_of_a_latent_laplace_run_shows_identifiability(tmp_path):
