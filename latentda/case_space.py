@@ -139,7 +139,8 @@ def build_space(case: cfg.Case, model: Dynamics, operator: ObservationOperator) 
         try:
             monitor = OODMonitor(prior, operator, level=oc.level, latent_prior=oc.latent_prior,
                                  steps=oc.steps, window=oc.window,
-                                 include_prior_error=oc.include_prior_error)
+                                 include_prior_error=oc.include_prior_error,
+                                 starts=oc.starts)
         except ValueError as err:
             raise cfg.CaseError(f"observations.operator: {err} (OOD diagnostics need it; set "
                                 f"ood.enabled: false to run without them)") from None

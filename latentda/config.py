@@ -358,6 +358,10 @@ class OODConfig(_Strict):
     include_prior_error: bool = Field(False, description="add the prior's residual "
                                       "covariance seen through H to R (for priors that do not "
                                       "represent the states to within the observation error)")
+    starts: int = Field(0, ge=0, description="global search: the lowest-objective of `starts` "
+                        "fixed prior draws is a second start of the minimisation, the smaller "
+                        "residual is kept (for multimodal priors; 0: the warm start at the "
+                        "analysis mean's code only)")
 
 
 class IdentifiabilityConfig(_Strict):
