@@ -59,7 +59,9 @@ class BiasMonitor:
     The law behind the threshold assumes ``bias_z ~ N(0, 1)``, independent from
     cycle to cycle: an ensemble whose spread is too small, or innovations correlated
     in time, raise the false-alarm rate above ``level``. Measured on
-    ``cases/l96_ood.yaml`` (seeds 1-3, before the switch): see ``docs/latent.md``.
+    ``cases/l96_ood.yaml`` (seeds 1-5, before the switch): see ``docs/latent.md``.
+    A weighted forecast ensemble (a particle filter that did not resample) is used
+    with equal weights, as in ``innovation_chi2``.
     """
 
     def __init__(self, *, drift: float = 0.5, level: float = 0.01,
