@@ -44,6 +44,12 @@ CASE = ROOT / "cases" / "l96_ood.yaml"
 DRIFT = 0.5  # of the offline variant
 
 
+def first_flag(flag: np.ndarray, shift: int) -> int | None:
+    """Cycles from ``shift`` to the first flagged one (0: flagged at it), None if never."""
+    after = np.flatnonzero(flag[shift:])
+    return int(after[0]) if after.size else None
+
+
 def detect(d_mean: np.ndarray, burn_in: int, calibrate: int, shift: int, level: float
            ) -> dict:
     """CUSUM detection numbers of one run from its per-cycle innovation mean."""
@@ -55,21 +61,19 @@ def detect(d_mean: np.ndarray, burn_in: int, calibrate: int, shift: int, level: 
     S = cusum(z, DRIFT)
     h = float(np.quantile(S[cal], 1.0 - level))
     flag = S > h
-    after = np.flatnonzero(flag[shift:])
     out = {"threshold": h, "false_alarm_rate": float(np.mean(flag[test])),
            "detection_rate": float(np.mean(flag[shift:])),
-           "detection_delay": int(after[0]) if after.size else None,
+           "detection_delay": first_flag(flag, shift),
            "z_mean_first_10_after_shift": float(np.mean(z[shift:shift + 10]))}
     return out
 
 
 def in_run(flag: np.ndarray, z: np.ndarray, burn_in: int, shift: int) -> dict:
     """Detection numbers of the run's own bias monitor (``bias_flag``, ``bias_z``)."""
-    after = np.flatnonzero(flag[shift:])
     zin = z[burn_in:shift]
     return {"false_alarm_rate": float(np.mean(flag[burn_in:shift])),
             "detection_rate": float(np.mean(flag[shift:])),
-            "detection_delay": int(after[0]) if after.size else None,
+            "detection_delay": first_flag(flag, shift),
             "z_mean_in_distribution": float(np.nanmean(zin)),
             "z_std_in_distribution": float(np.nanstd(zin)),
             "z_mean_first_10_after_shift": float(np.nanmean(z[shift:shift + 10]))}
@@ -84,10 +88,9 @@ def other_drifts(z: np.ndarray, burn_in: int, shift: int, level: float,
     for k in drifts:
         h = cusum_threshold(k, level, two_sided=True)
         flag = (cusum(z, k) > h) | (cusum(-z, k) > h)
-        after = np.flatnonzero(flag[shift:])
         out.append({"drift": k, "threshold": h,
                     "false_alarm_rate": float(np.mean(flag[burn_in:shift])),
-                    "detection_delay": int(after[0]) if after.size else None})
+                    "detection_delay": first_flag(flag, shift)})
     return out
 
 

@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 
 from latentda._validate import check_float, check_int
+from latentda.autodiff import whitener
 from latentda.diagnostics import windowed_chi2_scores
 from latentda.observations import Arctan, Identity, Linear, ObservationOperator, Square, Subset
 from latentda.ood import check_differentiable, manifold_distance, ood_residual
@@ -129,12 +130,13 @@ class OODMonitor:
     def _global_start(self, op: ObservationOperator, y: np.ndarray, R: np.ndarray
                       ) -> np.ndarray:
         """The draw with the lowest objective, shape (1, k)."""
-        Rinv = np.linalg.inv(np.asarray(R, dtype=np.float64))
+        W = whitener(R, y.size)  # R^-1/2: vector (diagonal R) or inverse Cholesky factor
         cost = np.empty(self.starts)
         for i in range(0, self.starts, 256):  # decoded in chunks: states can be large
             Z = self._draws[i:i + 256]
             d = np.asarray(op(self.prior.decode(Z)), dtype=np.float64) - y
-            cost[i:i + 256] = np.einsum("bi,ij,bj->b", d, Rinv, d)
+            dw = d * W if W.ndim == 1 else d @ W.T
+            cost[i:i + 256] = np.sum(dw * dw, axis=1)
             if self.latent_prior:
                 cost[i:i + 256] += np.sum(Z * Z, axis=1)
         return self._draws[int(np.argmin(cost))][None, :]
